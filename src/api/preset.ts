@@ -1,0 +1,48 @@
+// The PostGraphile preset: Amber + connection filter + aggregates over app_public only.
+// Each request runs as the visitor role with the request's session id as a setting, under a
+// per-request statement_timeout; RLS in SQL decides what it may see and do.
+import type { Request } from "express";
+import type pg from "pg";
+import { makePgService } from "postgraphile/adaptors/pg";
+import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
+import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
+import { PgAggregatesPreset } from "@graphile/pg-aggregates";
+import type { GraphQLError } from "postgraphile/graphql";
+import { sessionOf } from "./auth.ts";
+
+export interface PresetOptions {
+  pool: pg.Pool;
+  visitorRole: string;
+  statementTimeoutMs: number;
+  development: boolean;
+  maskError: (error: GraphQLError) => GraphQLError;
+}
+
+export function makePreset(o: PresetOptions): GraphileConfig.Preset {
+  return {
+    extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
+    pgServices: [makePgService({ pool: o.pool, schemas: ["app_public"] })],
+    grafserv: {
+      graphqlPath: "/graphql",
+      graphiql: o.development,
+      graphiqlPath: "/graphiql",
+      graphiqlOnGraphQLGET: false,
+      watch: false,
+      maskError: o.maskError,
+    },
+    grafast: {
+      // Plans and SQL in responses only when a developer opts in (Ruru's explain toggle sends the header).
+      explain: false,
+      context(requestContext) {
+        const req = (requestContext as { expressv4?: { req: Request } }).expressv4?.req;
+        return {
+          pgSettings: {
+            role: o.visitorRole,
+            "hourglass.session_id": sessionOf(req) ?? "",
+            statement_timeout: String(o.statementTimeoutMs),
+          },
+        };
+      },
+    },
+  };
+}

@@ -1,0 +1,144 @@
+// The one place that reads the environment. Everything else receives a Config.
+// Every variable is documented in README.md ("Configuration"); a bad value fails
+// start-up with a message that names the variable.
+import path from "node:path";
+
+export type Env = Record<string, string | undefined>;
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+export interface Config {
+  mode: "development" | "production";
+  dataDir: string;
+  /** Owner connection (migrations, worker). null: run the embedded server. */
+  databaseUrl: string | null;
+  /** Login for the API's requests; null: derived from databaseUrl + role + password. */
+  authDatabaseUrl: string | null;
+  roles: { authenticator: string; visitor: string };
+  authenticatorPassword: string | null;
+  embeddedPgPort: number;
+  host: string;
+  port: number;
+  statementTimeoutMs: number;
+  worker: {
+    concurrency: number;
+    localQueueSize: number;
+    pollIntervalMs: number;
+    /** Only these task identifiers; null: every task in tasks/. */
+    tasks: string[] | null;
+    shutdownTimeoutMs: number;
+  };
+  history: { retentionDays: number; flushDelayMs: number };
+  log: { level: LogLevel; format: "pretty" | "json" };
+  /** Set by the graphile-migrate CLI for its hooks (src/db/prepare.ts). */
+  gmDatabaseUrl: string | null;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+// Grafast reads GRAPHILE_ENV when it is first imported; main.ts imports this module first.
+process.env.GRAPHILE_ENV ??= process.env.NODE_ENV === "production" ? "production" : "development";
+
+const ROLE_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^-?\d+$/.test(raw.trim())) {
+    throw new ConfigError(`${name} must be a whole number, got ${JSON.stringify(raw)}`);
+  }
+  const value = Number(raw);
+  if (value < min || value > max) {
+    throw new ConfigError(`${name} must be between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw new ConfigError(`${name} must be one of ${allowed.join(", ")}, got ${JSON.stringify(raw)}`);
+  }
+  return raw as T;
+}
+
+function postgresUrl(env: Env, name: string): string | null {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return null;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} is not a valid URL`);
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+    throw new ConfigError(`${name} must be a postgres:// URL, got protocol ${url.protocol}`);
+  }
+  return raw;
+}
+
+function roleName(env: Env, name: string, fallback: string): string {
+  const value = env[name] || fallback;
+  if (!ROLE_NAME.test(value)) {
+    throw new ConfigError(`${name} must be a lower-case SQL identifier (a-z, 0-9, _), got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function list(env: Env, name: string): string[] | null {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return null;
+  const items = raw.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const item of items) {
+    if (!/^[a-z0-9_]+$/i.test(item)) {
+      throw new ConfigError(`${name} must be a comma-separated list of task identifiers, got ${JSON.stringify(item)}`);
+    }
+  }
+  return items;
+}
+
+export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config {
+  const mode = oneOf(env, "NODE_ENV", ["development", "production", "test"], "development");
+  const production = mode === "production";
+  const databaseUrl = postgresUrl(env, "DATABASE_URL");
+  const authDatabaseUrl = postgresUrl(env, "AUTH_DATABASE_URL");
+  const authenticatorPassword = env.AUTHENTICATOR_PASSWORD || null;
+  if (databaseUrl && !authDatabaseUrl && !authenticatorPassword) {
+    throw new ConfigError(
+      "AUTHENTICATOR_PASSWORD (or AUTH_DATABASE_URL) is required when DATABASE_URL is set: the API logs in as the authenticator role",
+    );
+  }
+  return {
+    mode: production ? "production" : "development",
+    dataDir: path.resolve(cwd, env.DATA_DIR || ".data"),
+    databaseUrl,
+    authDatabaseUrl,
+    roles: {
+      authenticator: roleName(env, "DATABASE_AUTHENTICATOR", "hourglass_authenticator"),
+      visitor: roleName(env, "DATABASE_VISITOR", "hourglass_visitor"),
+    },
+    authenticatorPassword,
+    embeddedPgPort: int(env, "EMBEDDED_PG_PORT", 54329, 1, 65535),
+    host: env.HOST || (production ? "0.0.0.0" : "127.0.0.1"),
+    port: int(env, "PORT", 5678, 0, 65535),
+    statementTimeoutMs: int(env, "STATEMENT_TIMEOUT_MS", 5000, 100, 3_600_000),
+    worker: {
+      concurrency: int(env, "WORKER_CONCURRENCY", 10, 1, 1000),
+      localQueueSize: int(env, "WORKER_LOCAL_QUEUE_SIZE", 500, -1, 100_000),
+      pollIntervalMs: int(env, "WORKER_POLL_INTERVAL_MS", 2000, 100, 600_000),
+      tasks: list(env, "WORKER_TASKS"),
+      shutdownTimeoutMs: int(env, "SHUTDOWN_TIMEOUT_MS", 30_000, 1000, 3_600_000),
+    },
+    history: {
+      retentionDays: int(env, "JOB_HISTORY_RETENTION_DAYS", 14, 1, 3650),
+      flushDelayMs: int(env, "JOB_HISTORY_FLUSH_MS", 100, 0, 10_000),
+    },
+    log: {
+      level: oneOf(env, "LOG_LEVEL", ["debug", "info", "warn", "error"], "info"),
+      format: oneOf(env, "LOG_FORMAT", ["pretty", "json"], production ? "json" : "pretty"),
+    },
+    gmDatabaseUrl: postgresUrl(env, "GM_DBURL"),
+  };
+}

@@ -1,0 +1,94 @@
+// Structured logging: one line per event, with context fields (task, job, attempt, ...).
+// JSON lines in production for log shippers; "time level msg key=value" while developing.
+import { Logger as WorkerLogger, type LogFunctionFactory } from "graphile-worker";
+import type { LogLevel } from "./config.ts";
+
+export type Fields = Record<string, unknown>;
+
+export interface Logger {
+  debug(msg: string, fields?: Fields): void;
+  info(msg: string, fields?: Fields): void;
+  warn(msg: string, fields?: Fields): void;
+  error(msg: string, fields?: Fields): void;
+  child(fields: Fields): Logger;
+  isLevelEnabled(level: LogLevel): boolean;
+}
+
+const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+export interface LoggerOptions {
+  level: LogLevel;
+  format: "pretty" | "json";
+  write?: (line: string) => void;
+}
+
+function errorFields(value: unknown): unknown {
+  if (value instanceof Error) {
+    const code = (value as { code?: unknown }).code;
+    return { message: value.message, name: value.name, ...(code ? { code } : {}), stack: value.stack };
+  }
+  return value;
+}
+
+function prettyValue(value: unknown): string {
+  if (typeof value === "string") return /[\s"=]/.test(value) ? JSON.stringify(value) : value;
+  if (value instanceof Error) return JSON.stringify(value.message);
+  return JSON.stringify(value);
+}
+
+export function createLogger(options: LoggerOptions, base: Fields = {}): Logger {
+  const min = RANK[options.level];
+  const write = options.write ?? ((line: string) => process.stderr.write(line + "\n"));
+  const emit = (level: LogLevel, msg: string, fields?: Fields) => {
+    if (RANK[level] < min) return;
+    const all: Fields = { ...base, ...fields };
+    if (options.format === "json") {
+      const record: Fields = { time: new Date().toISOString(), level, msg };
+      for (const [k, v] of Object.entries(all)) record[k] = errorFields(v);
+      write(JSON.stringify(record));
+    } else {
+      let line = `${new Date().toISOString()} ${level.toUpperCase().padEnd(5)} ${msg}`;
+      for (const [k, v] of Object.entries(all)) {
+        if (v !== undefined) line += ` ${k}=${prettyValue(v)}`;
+      }
+      const err = Object.values(all).find((v): v is Error => v instanceof Error);
+      if (err?.stack && RANK[level] >= RANK.error) line += `\n${err.stack}`;
+      write(line);
+    }
+  };
+  return {
+    debug: (m, f) => emit("debug", m, f),
+    info: (m, f) => emit("info", m, f),
+    warn: (m, f) => emit("warn", m, f),
+    error: (m, f) => emit("error", m, f),
+    child: (fields) => createLogger(options, { ...base, ...fields }),
+    isLevelEnabled: (level) => RANK[level] >= min,
+  };
+}
+
+/** graphile-worker puts whole job rows (payload included) in its log metadata; keep only ids. */
+function withoutPayloads(meta: Fields): Fields {
+  if (!("job" in meta) && !("payload" in meta)) return meta;
+  const { job, payload: _payload, ...rest } = meta;
+  const id = (job as { id?: unknown } | undefined)?.id;
+  return id === undefined ? rest : { ...rest, job: id };
+}
+
+/** Graphile libraries' log lines (worker, migrate), routed through ours with their scope as fields. */
+export function graphileLogFactory(log: Logger): LogFunctionFactory {
+  return (scope) => {
+    const scoped = log.child({
+      component: "graphile-worker",
+      ...(scope.taskIdentifier ? { task: scope.taskIdentifier } : {}),
+      ...(scope.jobId ? { job: scope.jobId } : {}),
+    });
+    return (level, message, meta) => {
+      const l: LogLevel = level === "error" ? "error" : level === "warning" ? "warn" : level === "info" ? "info" : "debug";
+      scoped[l](message, meta ? withoutPayloads(meta as Fields) : undefined);
+    };
+  };
+}
+
+export function workerLogger(log: Logger): WorkerLogger {
+  return new WorkerLogger(graphileLogFactory(log));
+}

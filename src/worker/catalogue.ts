@@ -1,0 +1,64 @@
+// Loads every task in tasks/ (file name = task identifier) and keeps app_private.tasks in step
+// with what the files declare. A file that fails to load stops start-up with its name: a worker
+// that silently lacks a task would leave that task's jobs queued forever.
+import fs from "node:fs/promises";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import type pg from "pg";
+import { isTaskDefinition, resolveTask, type ResolvedTask } from "./task.ts";
+
+export const TASKS_DIR = path.resolve(import.meta.dirname, "../../tasks");
+
+const IDENTIFIER = /^[a-z][a-z0-9_]*$/;
+
+export class TaskLoadError extends Error {
+  override name = "TaskLoadError";
+}
+
+export async function loadTasks(dir = TASKS_DIR): Promise<ResolvedTask[]> {
+  const files = (await fs.readdir(dir)).filter((f) => f.endsWith(".ts") && !f.endsWith(".d.ts")).sort();
+  const tasks: ResolvedTask[] = [];
+  for (const file of files) {
+    const identifier = path.basename(file, ".ts");
+    const where = path.relative(process.cwd(), path.join(dir, file));
+    if (!IDENTIFIER.test(identifier)) {
+      throw new TaskLoadError(`Task file ${where}: the file name must be a task identifier (lower-case letters, digits, _)`);
+    }
+    let mod: { default?: unknown };
+    try {
+      mod = (await import(pathToFileURL(path.join(dir, file)).href)) as { default?: unknown };
+    } catch (err) {
+      throw new TaskLoadError(`Task file ${where} failed to load: ${(err as Error).message}`, { cause: err });
+    }
+    if (!isTaskDefinition(mod.default)) {
+      throw new TaskLoadError(`Task file ${where} must \`export default defineTask({...})\``);
+    }
+    tasks.push(resolveTask(identifier, mod.default));
+  }
+  return tasks;
+}
+
+/** Upserts the catalogue and removes tasks whose files are gone. Runs under the migration lock. */
+export async function syncCatalogue(client: pg.ClientBase | pg.Pool, tasks: readonly ResolvedTask[]): Promise<void> {
+  await client.query(
+    `with incoming as (
+       select * from unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::integer[])
+         as t(identifier, description, priority, max_attempts, time_limit_ms)
+     ), upserted as (
+       insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms, synced_at)
+       select identifier, description, priority, max_attempts, time_limit_ms, now() from incoming
+       on conflict (identifier) do update set
+         description = excluded.description, priority = excluded.priority,
+         max_attempts = excluded.max_attempts, time_limit_ms = excluded.time_limit_ms, synced_at = now()
+       returning identifier
+     )
+     delete from app_private.tasks t where not exists (select 1 from incoming i where i.identifier = t.identifier)`,
+    [
+      tasks.map((t) => t.identifier),
+      tasks.map((t) => t.description),
+      tasks.map((t) => t.priority),
+      tasks.map((t) => t.maxAttempts),
+      tasks.map((t) => t.timeLimitMs),
+    ],
+  );
+}

@@ -1,0 +1,121 @@
+// Runs graphile-worker with our own pool, our wrapped tasks and the crontab, and shuts it down
+// without leaving a job locked.
+//
+// graphile-worker 0.18 can leave a job that completes during shutdown locked for four hours when
+// the runner ends its own pool before the completion is written. We pass our own pool and end it
+// only after the runner has fully stopped and the job history is flushed.
+import os from "node:os";
+import { run, type Runner, type TaskList } from "graphile-worker";
+import type pg from "pg";
+import type { Config } from "../config.ts";
+import { workerLogger, type Logger } from "../log.ts";
+import { createPool } from "../db/pool.ts";
+import { HistoryWriter } from "./history.ts";
+import { loadCrontab } from "./crontab.ts";
+import { wrapTask } from "./wrap.ts";
+import type { ResolvedTask } from "./task.ts";
+
+export interface WorkerOptions {
+  ownerUrl: string;
+  config: Config;
+  tasks: readonly ResolvedTask[];
+  log: Logger;
+  /** Crontab file to read; null runs no cron entries (tests that drive jobs themselves). */
+  crontabFile?: string | null;
+}
+
+export interface WorkerHandle {
+  workerId: string;
+  runner: Runner;
+  pool: pg.Pool;
+  history: HistoryWriter;
+  /** True until the runner stops (by stop() or by a fatal error). */
+  isRunning(): boolean;
+  /** Graceful: finish running jobs, return unstarted ones, write history, end the pool. */
+  stop(): Promise<void>;
+}
+
+export function selectTasks(all: readonly ResolvedTask[], only: readonly string[] | null): ResolvedTask[] {
+  if (!only) return [...all];
+  const known = new Set(all.map((t) => t.identifier));
+  const unknown = only.filter((id) => !known.has(id));
+  if (unknown.length) throw new Error(`WORKER_TASKS names unknown tasks: ${unknown.join(", ")} (known: ${[...known].join(", ")})`);
+  return all.filter((t) => only.includes(t.identifier));
+}
+
+export async function startWorker(options: WorkerOptions): Promise<WorkerHandle> {
+  const { config, log } = options;
+  const w = config.worker;
+  const workerId = `${os.hostname()}:${process.pid}`;
+  const selected = selectTasks(options.tasks, w.tasks);
+  const parsedCronItems =
+    options.crontabFile === null ? [] : await loadCrontab(options.tasks, options.crontabFile ?? undefined);
+
+  // Concurrency + the local queue's fetches + completion batches + history writes.
+  const pool = createPool(options.ownerUrl, { max: w.concurrency + 4, name: "worker" }, log);
+  const history = new HistoryWriter(pool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
+  const runtime = { history, log, workerId, config };
+  const taskList: TaskList = Object.fromEntries(selected.map((t) => [t.identifier, wrapTask(t, runtime)]));
+
+  let runner: Runner;
+  try {
+    runner = await run({
+      pgPool: pool,
+      taskList,
+      parsedCronItems,
+      concurrency: w.concurrency,
+      pollInterval: w.pollIntervalMs,
+      noHandleSignals: true,
+      logger: workerLogger(log),
+      preset: {
+        worker: {
+          localQueue: w.localQueueSize > 1 ? { size: w.localQueueSize } : undefined,
+          completeJobBatchDelay: w.localQueueSize > 1 ? 0 : -1,
+          failJobBatchDelay: w.localQueueSize > 1 ? 0 : -1,
+        },
+      },
+    });
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
+
+  let running = true;
+  const finished = runner.promise.then(
+    () => {
+      running = false;
+    },
+    (err: unknown) => {
+      running = false;
+      log.error("worker stopped with an error", { err });
+    },
+  );
+  log.info("worker started", {
+    workerId,
+    tasks: selected.map((t) => t.identifier).join(","),
+    cron: parsedCronItems.length,
+    concurrency: w.concurrency,
+    localQueue: w.localQueueSize,
+  });
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      log.info("worker stopping: finishing running jobs", { running: history.runningCount });
+      const timeout = setTimeout(() => {
+        log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
+        void runner.kill();
+      }, w.shutdownTimeoutMs);
+      try {
+        await runner.stop();
+        await finished;
+      } finally {
+        clearTimeout(timeout);
+      }
+      await history.close();
+      await pool.end();
+      log.info("worker stopped");
+    })());
+
+  return { workerId, runner, pool, history, isRunning: () => running, stop };
+}

@@ -1,0 +1,90 @@
+// How a task file declares itself: `export default defineTask({...})`. The definition carries the
+// payload schema and the task's defaults (priority, max attempts, time limit) — declared once here
+// and honoured on every enqueue path: SQL (app_private.add_jobs reads the synced catalogue), the
+// crontab (defaults filled into each entry) and TypeScript (enqueue goes through the same SQL).
+import type { Job, JobHelpers } from "graphile-worker";
+import type { z } from "zod";
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+
+/** graphile-worker runs smaller numbers first. */
+export const PRIORITY = { userFacing: 0, maintenance: 10 } as const;
+
+export const TASK_DEFAULTS = { priority: PRIORITY.userFacing, maxAttempts: 25, timeLimitMs: 60_000 } as const;
+
+export interface EnqueueOptions {
+  runAt?: Date;
+  jobKey?: string;
+  queueName?: string;
+  priority?: number;
+  maxAttempts?: number;
+}
+
+export interface TaskContext {
+  job: Job;
+  /** Aborted when the time limit passes or the worker shuts down: pass it to I/O. */
+  signal: AbortSignal;
+  log: Logger;
+  config: Config;
+  query: JobHelpers["query"];
+  withPgClient: JobHelpers["withPgClient"];
+  /** Enqueue a follow-up job with that task's declared defaults. */
+  enqueue(identifier: string, payload: Record<string, unknown>, options?: EnqueueOptions): Promise<string>;
+}
+
+const SKIPPED = Symbol("skipped");
+export interface Skipped {
+  [SKIPPED]: true;
+  reason: string;
+}
+/** Return this when the job no longer applies: recorded as outcome `skipped` with the reason. */
+export function skipped(reason: string): Skipped {
+  return { [SKIPPED]: true, reason };
+}
+export function isSkipped(value: unknown): value is Skipped {
+  return typeof value === "object" && value !== null && SKIPPED in value;
+}
+
+/** What a task may return: recorded in job_runs.result. */
+export type TaskResult = Record<string, unknown> | Skipped | void;
+
+export interface TaskDefinition<S extends z.ZodType = z.ZodType> {
+  description: string;
+  payload: S;
+  priority?: number;
+  maxAttempts?: number;
+  timeLimitMs?: number;
+  run(payload: z.output<S>, ctx: TaskContext): Promise<TaskResult>;
+}
+
+export interface ResolvedTask {
+  identifier: string;
+  description: string;
+  payload: z.ZodType;
+  priority: number;
+  maxAttempts: number;
+  timeLimitMs: number;
+  run(payload: unknown, ctx: TaskContext): Promise<TaskResult>;
+}
+
+const DEFINITION = Symbol.for("hourglass.task");
+
+export function defineTask<S extends z.ZodType>(definition: TaskDefinition<S>): TaskDefinition<S> {
+  return Object.assign(definition, { [DEFINITION]: true });
+}
+
+export function isTaskDefinition(value: unknown): value is TaskDefinition {
+  return typeof value === "object" && value !== null && DEFINITION in value;
+}
+
+export function resolveTask(identifier: string, def: TaskDefinition): ResolvedTask {
+  return {
+    identifier,
+    description: def.description,
+    payload: def.payload,
+    priority: def.priority ?? TASK_DEFAULTS.priority,
+    maxAttempts: def.maxAttempts ?? TASK_DEFAULTS.maxAttempts,
+    timeLimitMs: def.timeLimitMs ?? TASK_DEFAULTS.timeLimitMs,
+    run: def.run as ResolvedTask["run"],
+  };
+}

@@ -1,0 +1,77 @@
+import fs from "node:fs/promises";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDb, createUser, signIn, asVisitor, type TestDb } from "../helpers/db.ts";
+import { loadErrorCodes } from "../../src/api/errors.ts";
+import { MIGRATIONS_DIR } from "../../src/db/migrate.ts";
+
+let db: TestDb;
+beforeAll(async () => {
+  db = await createTestDb();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+describe("database security", () => {
+  it("has row level security enabled on every table in app_public", async () => {
+    const { rows } = await db.pool.query<{ table: string; rls: boolean }>(
+      `select c.relname as table, c.relrowsecurity as rls from pg_class c
+       join pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = 'app_public' and c.relkind in ('r', 'p') order by 1`,
+    );
+    expect(rows.length).toBeGreaterThan(0);
+    expect(rows.filter((r) => !r.rls).map((r) => r.table)).toEqual([]);
+  });
+
+  it("has no security definer function without a pinned search_path", async () => {
+    const { rows } = await db.pool.query<{ fn: string }>(
+      `select p.oid::regprocedure::text as fn from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname like 'app\\_%' and p.prosecdef
+         and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search\\_path=%')`,
+    );
+    expect(rows).toEqual([]);
+  });
+
+  it("gives the visitor role no access to app_private or graphile_worker", async () => {
+    const { rows } = await db.pool.query(
+      `select has_schema_privilege($1, 'app_private', 'usage') as private, has_schema_privilege($1, 'graphile_worker', 'usage') as worker`,
+      [db.run.roles.visitor],
+    );
+    expect(rows[0]).toEqual({ private: false, worker: false });
+  });
+
+  it("lets a signed-in user read only their own user row; an admin reads all; job history is admin-only", async () => {
+    const alice = await createUser(db);
+    const bob = await createUser(db);
+    const admin = await createUser(db, { isAdmin: true });
+    await db.pool.query(
+      `insert into app_public.job_runs (id, job_id, task_identifier, attempt, max_attempts, worker_id, started_at, finished_at, outcome)
+       values (gen_random_uuid(), 1, 't', 1, 1, 'w', now(), now(), 'succeeded')`,
+    );
+    const a = await signIn(db, alice.id);
+    const ad = await signIn(db, admin.id);
+    const seen = (sessionId: string | null, sql: string) => asVisitor(db, sessionId, async (c) => (await c.query(sql)).rows);
+    expect((await seen(a.sessionId, "select id::text from app_public.users")).map((r) => r.id)).toEqual([alice.id]);
+    expect(await seen(null, "select id from app_public.users")).toEqual([]);
+    const all = (await seen(ad.sessionId, "select id::text from app_public.users")).map((r) => r.id);
+    expect(all).toEqual(expect.arrayContaining([alice.id, bob.id, admin.id]));
+    expect(await seen(a.sessionId, "select id from app_public.job_runs")).toEqual([]);
+    expect((await seen(ad.sessionId, "select id from app_public.job_runs")).length).toBe(1);
+    // Column grants: a user may change their name, not their admin flag.
+    await expect(asVisitor(db, a.sessionId, (c) => c.query("update app_public.users set is_admin = true"))).rejects.toMatchObject({ code: "42501" });
+  });
+
+  it("ignores an expired session", async () => {
+    const u = await createUser(db);
+    const s = await signIn(db, u.id, "-1 minute");
+    expect(await asVisitor(db, s.sessionId, async (c) => (await c.query("select app_public.current_user_id() as id")).rows[0].id)).toBeNull();
+  });
+
+  it("lists every error code raised in migrations in ERROR_CODES.md, and no code that is never raised", async () => {
+    const dir = path.join(MIGRATIONS_DIR, "committed");
+    const sql = (await Promise.all((await fs.readdir(dir)).map((f) => fs.readFile(path.join(dir, f), "utf8")))).join("\n");
+    const raised = new Set([...sql.matchAll(/errcode\s*=\s*'([A-Z0-9]{5})'/g)].map((m) => m[1]!));
+    expect([...raised].sort()).toEqual([...loadErrorCodes()].sort());
+  });
+});

@@ -1,0 +1,139 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
+import { defineTask, resolveTask, skipped } from "../../src/worker/task.ts";
+import { REDACTED } from "../../src/worker/redact.ts";
+import { createTestDb, drainJobs, jobRuns, listJobs, makeJobsDue, type TestDb } from "../helpers/db.ts";
+
+let db: TestDb;
+beforeAll(async () => {
+  db = await createTestDb();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+const calls: unknown[] = [];
+const tasks = [
+  resolveTask("t_ok", defineTask({
+    description: "succeeds",
+    payload: z.object({ n: z.number().optional() }).loose(),
+    async run(payload) {
+      calls.push(payload);
+      return { done: true };
+    },
+  })),
+  resolveTask("t_fail", defineTask({
+    description: "always throws",
+    payload: z.object({}),
+    async run() {
+      throw new Error("boom");
+    },
+  })),
+  resolveTask("t_slow", defineTask({
+    description: "overruns its time limit",
+    payload: z.object({}),
+    timeLimitMs: 100,
+    async run(_p, { signal }) {
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, 5000);
+        signal.addEventListener("abort", () => {
+          clearTimeout(t);
+          resolve(undefined);
+        });
+      });
+    },
+  })),
+  resolveTask("t_skip", defineTask({
+    description: "has nothing to do",
+    payload: z.object({}),
+    async run() {
+      return skipped("the row no longer applies");
+    },
+  })),
+  resolveTask("t_strict", defineTask({
+    description: "needs an id",
+    payload: z.object({ id: z.number().int() }),
+    async run() {
+      throw new Error("must not run with an invalid payload");
+    },
+  })),
+];
+
+async function addJob(task: string, payload: unknown = {}, maxAttempts = 25) {
+  const { rows } = await db.pool.query<{ id: string }>(
+    "select (graphile_worker.add_job($1, $2::json, max_attempts := $3)).id::text as id",
+    [task, JSON.stringify(payload), maxAttempts],
+  );
+  return rows[0]!.id;
+}
+
+describe("job history", () => {
+  it("records a successful run with its result and duration, and the job leaves the queue", async () => {
+    const id = await addJob("t_ok", { n: 1 });
+    await drainJobs(db, tasks);
+    const runs = (await jobRuns(db, "t_ok")).filter((r) => r.job_id === id);
+    expect(runs).toHaveLength(1);
+    expect(runs[0]).toMatchObject({ outcome: "succeeded", attempt: 1, error: null, result: { done: true } });
+    expect(runs[0]!.duration_ms).toBeGreaterThanOrEqual(0);
+    expect((await listJobs(db)).find((j) => j.id === id)).toBeUndefined();
+  });
+
+  it("records a failure as failed_retrying, then failed_permanently on the last attempt", async () => {
+    const id = await addJob("t_fail", {}, 2);
+    await drainJobs(db, tasks);
+    let runs = (await jobRuns(db, "t_fail")).filter((r) => r.job_id === id);
+    expect(runs.map((r) => r.outcome)).toEqual(["failed_retrying"]);
+    expect(runs[0]!.error).toBe("boom");
+    // The retry is scheduled in the future (backoff); make it due instead of waiting.
+    await makeJobsDue(db);
+    await drainJobs(db, tasks);
+    runs = (await jobRuns(db, "t_fail")).filter((r) => r.job_id === id);
+    expect(runs.map((r) => [r.attempt, r.outcome])).toEqual([
+      [1, "failed_retrying"],
+      [2, "failed_permanently"],
+    ]);
+    const job = (await listJobs(db)).find((j) => j.id === id);
+    expect(job).toMatchObject({ attempts: 2, max_attempts: 2, last_error: "boom", locked_by: null });
+  });
+
+  it("records a run that exceeds the task's time limit as timed_out", async () => {
+    const id = await addJob("t_slow", {}, 1);
+    await drainJobs(db, tasks);
+    const runs = (await jobRuns(db, "t_slow")).filter((r) => r.job_id === id);
+    expect(runs).toHaveLength(1);
+    expect(runs[0]!.outcome).toBe("timed_out");
+    expect(runs[0]!.error).toMatch(/time limit of 100 ms/);
+    expect(runs[0]!.duration_ms).toBeLessThan(4000);
+  });
+
+  it("records a job that no longer applies as skipped, with the reason", async () => {
+    const id = await addJob("t_skip");
+    await drainJobs(db, tasks);
+    const [run] = (await jobRuns(db, "t_skip")).filter((r) => r.job_id === id);
+    expect(run).toMatchObject({ outcome: "skipped", result: { skipped: "the row no longer applies" } });
+  });
+
+  it("fails an invalid payload permanently on the first attempt without running the task", async () => {
+    const id = await addJob("t_strict", { id: "not a number" });
+    await drainJobs(db, tasks);
+    const runs = (await jobRuns(db, "t_strict")).filter((r) => r.job_id === id);
+    expect(runs).toHaveLength(1);
+    expect(runs[0]!.outcome).toBe("failed_permanently");
+    expect(runs[0]!.error).toMatch(/^Invalid payload: id:/);
+    expect((await listJobs(db)).find((j) => j.id === id)).toBeUndefined();
+  });
+
+  it("redacts secret-looking keys from the recorded payload at any depth", async () => {
+    const id = await addJob("t_ok", { n: 2, token: "raw-token", nested: { apiKey: "k", list: [{ password: "p", keep: 1 }] } });
+    await drainJobs(db, tasks);
+    const [run] = (await jobRuns(db, "t_ok")).filter((r) => r.job_id === id);
+    expect(run!.payload).toEqual({ n: 2, token: REDACTED, nested: { apiKey: REDACTED, list: [{ password: REDACTED, keep: 1 }] } });
+    // The task itself still received the real payload.
+    expect(calls).toContainEqual({ n: 2, token: "raw-token", nested: { apiKey: "k", list: [{ password: "p", keep: 1 }] } });
+  });
+
+  it("leaves no run marked running once the jobs are done", async () => {
+    const { rows } = await db.pool.query("select count(*)::int as n from app_public.job_runs where outcome = 'running'");
+    expect(rows[0].n).toBe(0);
+  });
+});
