@@ -83,7 +83,11 @@ export function graphileLogFactory(log: Logger): LogFunctionFactory {
       ...(scope.jobId ? { job: scope.jobId } : {}),
     });
     return (level, message, meta) => {
-      const l: LogLevel = level === "error" ? "error" : level === "warning" ? "warn" : level === "info" ? "info" : "debug";
+      // Per-job "Completed task" lines would be one log line per job at thousands of jobs per
+      // second; the job history records every run, so they are debug here.
+      const perJobSuccess = level === "info" && (meta as { success?: unknown } | undefined)?.success === true;
+      const l: LogLevel =
+        level === "error" ? "error" : level === "warning" ? "warn" : level === "info" && !perJobSuccess ? "info" : "debug";
       scoped[l](message, meta ? withoutPayloads(meta as Fields) : undefined);
     };
   };

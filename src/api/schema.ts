@@ -1,0 +1,15 @@
+// The GraphQL schema as SDL, sorted so that the committed schema.graphql diffs cleanly.
+// `npm run schema:export` rewrites schema.graphql; a test fails when the committed file is stale.
+import path from "node:path";
+import type pg from "pg";
+import { makeSchema } from "postgraphile";
+import { lexicographicSortSchema, printSchema } from "postgraphile/graphql";
+import { makePreset } from "./preset.ts";
+
+export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graphql");
+
+export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promise<string> {
+  const preset = makePreset({ pool, visitorRole, statementTimeoutMs: 5000, development: false, maskError: (e) => e });
+  const { schema } = await makeSchema(preset);
+  return printSchema(lexicographicSortSchema(schema)) + "\n";
+}

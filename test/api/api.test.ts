@@ -1,0 +1,121 @@
+import fs from "node:fs/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GraphQLError } from "postgraphile/graphql";
+import { startApi, type ApiHandle } from "../../src/api/server.ts";
+import { loadErrorCodes, makeMaskError } from "../../src/api/errors.ts";
+import { printSchemaSDL, SCHEMA_FILE } from "../../src/api/schema.ts";
+import { createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+
+let db: TestDb;
+let api: ApiHandle;
+let workerRunning: boolean | null = null;
+
+beforeAll(async () => {
+  db = await createTestDb();
+  api = await startApi({ authUrl: db.authUrl, config: testConfig(db), log: testLog, health: { workerRunning: () => workerRunning } });
+});
+afterAll(async () => {
+  await api?.stop();
+  await db?.drop();
+});
+
+async function gql(query: string, token?: string, variables?: Record<string, unknown>) {
+  const res = await fetch(`${api.url}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  return { status: res.status, body: (await res.json()) as { data?: any; errors?: any[] } };
+}
+
+describe("bearer sessions", () => {
+  it("a request without a token is anonymous", async () => {
+    const r = await gql("{ currentUser { email } }");
+    expect(r.status).toBe(200);
+    expect(r.body.data.currentUser).toBeNull();
+  });
+
+  it("a valid token makes the request run as that user", async () => {
+    const u = await createUser(db);
+    const { token } = await signIn(db, u.id);
+    const r = await gql("{ currentUser { rowId email isAdmin } }", token);
+    expect(r.body.data.currentUser).toEqual({ rowId: u.id, email: u.email, isAdmin: false });
+  });
+
+  it.each([
+    ["an expired token", "expired"],
+    ["a well-formed token no session has", "unknown"],
+    ["garbage", "garbage"],
+  ])("%s gets HTTP 401 with a generic message", async (_label, kind) => {
+    const u = await createUser(db);
+    const token =
+      kind === "expired" ? (await signIn(db, u.id, "-1 second")).token : kind === "unknown" ? "A".repeat(43) : "not a token!";
+    const r = await gql("{ currentUser { email } }", token);
+    expect(r.status).toBe(401);
+    expect(r.body).toEqual({ errors: [{ message: "Invalid or expired session token.", extensions: { code: "UNAUTHENTICATED" } }] });
+  });
+});
+
+describe("errors", () => {
+  it("a constraint violation reaches the client with a safe message and a code", async () => {
+    const u = await createUser(db);
+    const { token } = await signIn(db, u.id);
+    const r = await gql(
+      "mutation($id: BigInt!, $name: String!) { updateUserByRowId(input: {rowId: $id, userPatch: {name: $name}}) { user { name } } }",
+      token,
+      { id: u.id, name: "x".repeat(201) },
+    );
+    expect(r.body.errors).toHaveLength(1);
+    expect(r.body.errors![0].message).toBe("A value is not allowed.");
+    expect(r.body.errors![0].extensions).toEqual({ code: "CHECK_VIOLATION", constraint: "users_name_check" });
+    expect(JSON.stringify(r.body)).not.toMatch(/app_public|stack|at /);
+  });
+
+  it("the project's own codes pass through; anything else is masked with a reference", async () => {
+    const mask = makeMaskError(loadErrorCodes(), testLog);
+    const pgError = async (sql: string) => db.pool.query(sql).then(() => { throw new Error("expected a failure"); }, (e: Error) => e);
+    const wrap = (e: Error) => new GraphQLError(e.message, { originalError: e, path: ["field"] });
+
+    const coded = mask(wrap(await pgError("select app_private.add_job('nope')")));
+    expect(coded.message).toBe("Unknown task nope");
+    expect(coded.extensions).toEqual({ code: "TASKU" });
+    expect(coded.path).toEqual(["field"]);
+
+    const internal = mask(wrap(await pgError("select 1/0")));
+    expect(internal.message).toMatch(/^An unexpected error occurred \(reference [0-9a-f]{12}\)\.$/);
+    expect(internal.extensions.code).toBe("INTERNAL_ERROR");
+    expect(internal.message).not.toMatch(/division/);
+
+    const plain = mask(wrap(new Error("connect ECONNREFUSED 10.0.0.1:5432")));
+    expect(plain.message).not.toMatch(/ECONNREFUSED/);
+  });
+});
+
+describe("schema", () => {
+  it("exposes app_public only: nothing from graphile_worker or app_private", async () => {
+    const sdl = await fs.readFile(SCHEMA_FILE, "utf8");
+    expect(sdl).not.toMatch(/graphile_?worker|GraphileWorker|jobSpec|JobSpec|app_?private|tokenHash|createSession|addJob/i);
+    expect(sdl).toMatch(/type JobRun /);
+  });
+
+  it("schema.graphql is up to date (run `npm run schema:export` after changing the database)", async () => {
+    const committed = await fs.readFile(SCHEMA_FILE, "utf8");
+    expect(await printSchemaSDL(api.pool, db.run.roles.visitor)).toBe(committed);
+  });
+});
+
+describe("/healthz", () => {
+  it("reports the database and the in-process worker", async () => {
+    workerRunning = true;
+    let r = await fetch(`${api.url}/healthz`);
+    expect(r.status).toBe(200);
+    expect(await r.json()).toEqual({ status: "ok", database: "ok", worker: "running" });
+    workerRunning = false;
+    r = await fetch(`${api.url}/healthz`);
+    expect(r.status).toBe(503);
+    expect(await r.json()).toMatchObject({ status: "unhealthy", worker: "stopped" });
+    workerRunning = null;
+    r = await fetch(`${api.url}/healthz`);
+    expect(await r.json()).toMatchObject({ status: "ok", worker: "not in this process" });
+  });
+});
