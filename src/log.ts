@@ -77,17 +77,20 @@ function withoutPayloads(meta: Fields): Fields {
 /** Graphile libraries' log lines (worker, migrate), routed through ours with their scope as fields. */
 export function graphileLogFactory(log: Logger): LogFunctionFactory {
   return (scope) => {
-    const scoped = log.child({
-      component: "graphile-worker",
-      ...(scope.taskIdentifier ? { task: scope.taskIdentifier } : {}),
-      ...(scope.jobId ? { job: scope.jobId } : {}),
-    });
+    // graphile-worker scopes a logger for every job; build ours only when it is first used.
+    let scoped: Logger | undefined;
     return (level, message, meta) => {
+      scoped ??= log.child({
+        component: "graphile-worker",
+        ...(scope.taskIdentifier ? { task: scope.taskIdentifier } : {}),
+        ...(scope.jobId ? { job: scope.jobId } : {}),
+      });
       // Per-job "Completed task" lines would be one log line per job at thousands of jobs per
       // second; the job history records every run, so they are debug here.
       const perJobSuccess = level === "info" && (meta as { success?: unknown } | undefined)?.success === true;
       const l: LogLevel =
         level === "error" ? "error" : level === "warning" ? "warn" : level === "info" && !perJobSuccess ? "info" : "debug";
+      if (!log.isLevelEnabled(l)) return;
       scoped[l](message, meta ? withoutPayloads(meta as Fields) : undefined);
     };
   };

@@ -3,8 +3,21 @@
 import pg from "pg";
 import type { Logger } from "../log.ts";
 
-export function createPool(connectionString: string, options: { max: number; name: string }, log: Logger): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max: options.max, application_name: `hourglass-${options.name}` });
+export interface PoolOptions {
+  max: number;
+  /** Shown in pg_stat_activity as hourglass-<name>. */
+  name: string;
+  /** Server settings for every connection, e.g. "-c synchronous_commit=off". */
+  settings?: string;
+}
+
+export function createPool(connectionString: string, options: PoolOptions, log: Logger): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString,
+    max: options.max,
+    application_name: `hourglass-${options.name}`,
+    ...(options.settings ? { options: options.settings } : {}),
+  });
   pool.on("error", (err) => log.error("idle database client failed", { pool: options.name, err }));
   pool.on("connect", (client) => {
     client.on("error", (err) => log.warn("database client error", { pool: options.name, err }));

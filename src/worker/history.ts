@@ -4,6 +4,10 @@
 // interval is a single row in a multi-row insert; a longer run is written as `running` at the
 // next flush and completed by an upsert when it ends. close() writes everything before the pool
 // ends, so a clean shutdown loses nothing and leaves nothing `running`.
+//
+// The pool given here should be its own, with synchronous_commit off: history commits then do not
+// wait for a WAL flush (only a PostgreSQL crash could lose the last fraction of a second of
+// history; the jobs themselves are written by graphile-worker with the server's own durability).
 import type pg from "pg";
 import type { Logger } from "../log.ts";
 
@@ -24,28 +28,50 @@ export interface RunRecord {
   jobKey: string | null;
   attempt: number;
   maxAttempts: number;
-  /** JSON text, already redacted. */
-  payload: string | null;
+  /** Already redacted. */
+  payload: unknown;
   workerId: string;
-  runAt: Date | null;
-  startedAt: Date;
-  finishedAt: Date | null;
+  /** Epoch milliseconds: numbers serialise far faster than Dates (toISOString) in large batches. */
+  runAt: number | null;
+  startedAt: number;
+  finishedAt: number | null;
+  durationMs: number | null;
   outcome: Outcome;
   error: string | null;
-  /** JSON text. */
-  result: string | null;
+  result: Record<string, unknown> | null;
 }
 
-const UPSERT = `
-insert into app_public.job_runs
-  (id, job_id, task_identifier, queue_name, job_key, attempt, max_attempts, payload,
-   worker_id, run_at, started_at, finished_at, outcome, error, result)
-select * from unnest(
-  $1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::integer[], $8::jsonb[],
-  $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::text[], $14::text[], $15::jsonb[])
-on conflict (id) do update set
-  finished_at = excluded.finished_at, outcome = excluded.outcome, error = excluded.error, result = excluded.result
-where job_runs.outcome = 'running'`;
+// One statement per batch, each row a positional JSON array (half the bytes of keyed objects, and
+// V8 stringifies arrays faster): V8's JSON.stringify and PostgreSQL's jsonb parser are far cheaper
+// than fifteen array parameters. Rows never written before (nearly all: a run that starts and
+// ends within one flush) take a plain insert; only runs first written as `running` need the
+// upsert, which costs about half as much again per row (measured).
+const COLUMNS = `id, job_id, task_identifier, queue_name, job_key, attempt, max_attempts, payload,
+  worker_id, run_at, started_at, finished_at, duration_ms, outcome, error, result`;
+// Must match the order of row() below. Times travel as epoch milliseconds.
+const VALUES = `(r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, r->>4, (r->>5)::integer, (r->>6)::integer, r->7,
+  r->>8, to_timestamp((r->>9)::double precision / 1000), to_timestamp((r->>10)::double precision / 1000),
+  to_timestamp((r->>11)::double precision / 1000), (r->>12)::double precision, r->>13, r->>14, r->15`;
+const WRITE = `
+with fresh as (
+  insert into app_public.job_runs (${COLUMNS})
+  select ${VALUES} from jsonb_array_elements($1::jsonb) r
+), completed as (
+  insert into app_public.job_runs (${COLUMNS})
+  select ${VALUES} from jsonb_array_elements($2::jsonb) r
+  on conflict (id) do update set
+    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, outcome = excluded.outcome,
+    error = excluded.error, result = excluded.result
+  where job_runs.outcome = 'running'
+)
+select 1`;
+
+function row(r: RunRecord): unknown[] {
+  return [
+    r.id, r.jobId, r.task, r.queueName, r.jobKey, r.attempt, r.maxAttempts, r.payload ?? null,
+    r.workerId, r.runAt, r.startedAt, r.finishedAt, r.durationMs, r.outcome, r.error, r.result,
+  ];
+}
 
 export interface HistoryOptions {
   /** How long a record may wait to be batched with others. */
@@ -58,6 +84,10 @@ export interface HistoryOptions {
 export class HistoryWriter {
   /** Runs in progress, by record id: needed to complete a row already written as `running`. */
   private readonly running = new Map<string, RunRecord>();
+  /** Monotonic start times, for durations that wall-clock adjustments cannot distort. */
+  private readonly clocks = new Map<string, number>();
+  /** Runs whose `running` row is in the database, so their completion must update it. */
+  private readonly written = new Set<string>();
   /** Records waiting to be written; a later version of a record replaces an earlier one. */
   private pending = new Map<string, RunRecord>();
   private timer: NodeJS.Timeout | null = null;
@@ -75,14 +105,24 @@ export class HistoryWriter {
 
   start(record: RunRecord): void {
     this.running.set(record.id, record);
+    this.clocks.set(record.id, performance.now());
     this.enqueue(record);
   }
 
-  finish(id: string, outcome: Exclude<Outcome, "running">, error: string | null, result: string | null): void {
+  finish(id: string, outcome: Exclude<Outcome, "running">, error: string | null, result: Record<string, unknown> | null): void {
     const record = this.running.get(id);
     if (!record) return;
     this.running.delete(id);
-    this.enqueue({ ...record, finishedAt: new Date(), outcome, error, result });
+    const durationMs = Math.max(0, performance.now() - (this.clocks.get(id) ?? performance.now()));
+    this.clocks.delete(id);
+    const done = { finishedAt: Date.now(), durationMs, outcome, error, result };
+    if (this.pending.get(id) === record) {
+      // Its start is still waiting to be written (the common case for short jobs): complete it in
+      // place. A record in a write under way is never mutated; it gets a completed copy instead.
+      Object.assign(record, done);
+    } else {
+      this.enqueue({ ...record, ...done });
+    }
   }
 
   /** Marks every run still in progress as abandoned (a forced shutdown). */
@@ -147,9 +187,14 @@ export class HistoryWriter {
     if (this.pending.size === 0) return;
     const batch = this.pending;
     this.pending = new Map();
-    this.inFlight = this.write([...batch.values()]).then(
+    const records = [...batch.values()];
+    this.inFlight = this.write(records).then(
       () => {
         this.failures = 0;
+        for (const r of records) {
+          if (r.outcome === "running") this.written.add(r.id);
+          else this.written.delete(r.id);
+        }
       },
       (err: unknown) => {
         this.failures++;
@@ -170,23 +215,12 @@ export class HistoryWriter {
   }
 
   private async write(records: RunRecord[]): Promise<void> {
-    const col = <T>(f: (r: RunRecord) => T) => records.map(f);
-    await this.pool.query(UPSERT, [
-      col((r) => r.id),
-      col((r) => r.jobId),
-      col((r) => r.task),
-      col((r) => r.queueName),
-      col((r) => r.jobKey),
-      col((r) => r.attempt),
-      col((r) => r.maxAttempts),
-      col((r) => r.payload),
-      col((r) => r.workerId),
-      col((r) => r.runAt?.toISOString() ?? null),
-      col((r) => r.startedAt.toISOString()),
-      col((r) => r.finishedAt?.toISOString() ?? null),
-      col((r) => r.outcome),
-      col((r) => r.error),
-      col((r) => r.result),
-    ]);
+    const fresh: unknown[] = [];
+    const completed: unknown[] = [];
+    for (const r of records) (this.written.has(r.id) ? completed : fresh).push(row(r));
+    await this.pool.query(WRITE, [JSON.stringify(fresh), JSON.stringify(completed)]);
   }
+
+
+
 }

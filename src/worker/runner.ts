@@ -51,9 +51,11 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const parsedCronItems =
     options.crontabFile === null ? [] : await loadCrontab(options.tasks, options.crontabFile ?? undefined);
 
-  // Concurrency + the local queue's fetches + completion batches + history writes.
-  const pool = createPool(options.ownerUrl, { max: w.concurrency + 4, name: "worker" }, log);
-  const history = new HistoryWriter(pool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
+  // Concurrency + the local queue's fetches + completion batches.
+  const pool = createPool(options.ownerUrl, { max: w.concurrency + 3, name: "worker" }, log);
+  // The history writer has one write in flight at a time, on its own connection (see history.ts).
+  const historyPool = createPool(options.ownerUrl, { max: 1, name: "history", settings: "-c synchronous_commit=off" }, log);
+  const history = new HistoryWriter(historyPool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
   const runtime = { history, log, workerId, config };
   const taskList: TaskList = Object.fromEntries(selected.map((t) => [t.identifier, wrapTask(t, runtime)]));
 
@@ -76,7 +78,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       },
     });
   } catch (err) {
-    await pool.end();
+    await Promise.all([pool.end(), historyPool.end()]);
     throw err;
   }
 
@@ -113,7 +115,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         clearTimeout(timeout);
       }
       await history.close();
-      await pool.end();
+      await Promise.all([pool.end(), historyPool.end()]);
       log.info("worker stopped");
     })());
 

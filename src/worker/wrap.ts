@@ -10,7 +10,7 @@ import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { HistoryWriter } from "./history.ts";
 import { redact } from "./redact.ts";
-import { isSkipped, type EnqueueOptions, type ResolvedTask, type TaskContext } from "./task.ts";
+import { isSkipped, type EnqueueOptions, type ResolvedTask, type TaskContext, type TaskResult } from "./task.ts";
 import { uuidv7 } from "../db/uuidv7.ts";
 
 export interface WrapRuntime {
@@ -26,19 +26,22 @@ export class TaskTimeoutError extends Error {
 
 const ENQUEUE_SQL = "select app_private.add_job($1, $2::json, $3, $4, $5, $6, $7)::text as id";
 
-function enqueueWith(helpers: JobHelpers) {
-  return async (identifier: string, payload: Record<string, unknown>, o: EnqueueOptions = {}): Promise<string> => {
-    const { rows } = await helpers.query<{ id: string }>(ENQUEUE_SQL, [
-      identifier,
-      JSON.stringify(payload),
-      o.runAt ?? null,
-      o.jobKey ?? null,
-      o.queueName ?? null,
-      o.priority ?? null,
-      o.maxAttempts ?? null,
-    ]);
-    return rows[0]!.id;
-  };
+async function enqueue(
+  helpers: JobHelpers,
+  identifier: string,
+  payload: Record<string, unknown>,
+  o: EnqueueOptions = {},
+): Promise<string> {
+  const { rows } = await helpers.query<{ id: string }>(ENQUEUE_SQL, [
+    identifier,
+    JSON.stringify(payload),
+    o.runAt ?? null,
+    o.jobKey ?? null,
+    o.queueName ?? null,
+    o.priority ?? null,
+    o.maxAttempts ?? null,
+  ]);
+  return rows[0]!.id;
 }
 
 /** graphile-worker adds `_cron: {ts, backfilled}` to crontab jobs; schemas describe the rest. */
@@ -59,7 +62,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
   return async (rawPayload, helpers) => {
     const job = helpers.job;
     const id = uuidv7();
-    const log = taskLog.child({ job: job.id, attempt: job.attempts });
+    const jobLog = () => taskLog.child({ job: job.id, attempt: job.attempts });
     const queueName = job.job_queue_id === null ? null : await helpers.getQueueName();
     history.start({
       id,
@@ -69,11 +72,12 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       jobKey: job.key ?? null,
       attempt: job.attempts,
       maxAttempts: job.max_attempts,
-      payload: rawPayload === undefined ? null : JSON.stringify(redact(rawPayload)),
+      payload: rawPayload === undefined ? null : redact(rawPayload),
       workerId,
-      runAt: job.run_at ? new Date(job.run_at) : null,
-      startedAt: new Date(),
+      runAt: job.run_at ? job.run_at.getTime() : null,
+      startedAt: Date.now(),
       finishedAt: null,
+      durationMs: null,
       outcome: "running",
       error: null,
       result: null,
@@ -82,44 +86,51 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
     const parsed = task.payload.safeParse(withoutCronMarker(rawPayload));
     if (!parsed.success) {
       const error = `Invalid payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`;
-      log.error("job rejected: invalid payload; it will not be retried", { error });
+      jobLog().error("job rejected: invalid payload; it will not be retried", { error });
       history.finish(id, "failed_permanently", error, null);
       return;
     }
 
-    const limit = new AbortController();
-    const signal = AbortSignal.any([limit.signal, helpers.abortSignal]);
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const err = new TaskTimeoutError(`Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`);
-        limit.abort(err);
-        reject(err);
-      }, task.timeLimitMs);
-    });
+    // The abort controller, the combined signal and the job's child logger are built only if
+    // the task uses them: most jobs never do, and at thousands of jobs per second they show.
+    let limit: AbortController | undefined;
+    let signal: AbortSignal | undefined;
+    let log: Logger | undefined;
     const ctx: TaskContext = {
       job,
-      signal,
-      log,
+      get signal() {
+        return (signal ??= AbortSignal.any([(limit ??= new AbortController()).signal, helpers.abortSignal]));
+      },
+      get log() {
+        return (log ??= jobLog());
+      },
       config: runtime.config,
       query: helpers.query,
       withPgClient: helpers.withPgClient,
-      enqueue: enqueueWith(helpers),
+      enqueue: (identifier, payload, options) => enqueue(helpers, identifier, payload, options),
     };
     const started = performance.now();
+    let timer: NodeJS.Timeout | undefined;
     try {
-      const result = await Promise.race([task.run(parsed.data, ctx), timeout]);
+      const result = await new Promise<TaskResult>((resolve, reject) => {
+        timer = setTimeout(() => {
+          const err = new TaskTimeoutError(`Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`);
+          limit?.abort(err);
+          reject(err);
+        }, task.timeLimitMs);
+        task.run(parsed.data, ctx).then(resolve, reject);
+      });
       if (isSkipped(result)) {
-        log.info("job skipped", { reason: result.reason });
-        history.finish(id, "skipped", null, JSON.stringify({ skipped: result.reason }));
+        ctx.log.info("job skipped", { reason: result.reason });
+        history.finish(id, "skipped", null, { skipped: result.reason });
       } else {
-        log.debug("job succeeded", { ms: Math.round(performance.now() - started) });
-        history.finish(id, "succeeded", null, result ? JSON.stringify(result) : null);
+        if (taskLog.isLevelEnabled("debug")) ctx.log.debug("job succeeded", { ms: Math.round(performance.now() - started) });
+        history.finish(id, "succeeded", null, result ?? null);
       }
     } catch (err) {
       const last = job.attempts >= job.max_attempts;
       const outcome = err instanceof TaskTimeoutError ? "timed_out" : last ? "failed_permanently" : "failed_retrying";
-      log[last ? "error" : "warn"](last ? "job failed permanently" : "job failed; it will be retried", {
+      ctx.log[last ? "error" : "warn"](last ? "job failed permanently" : "job failed; it will be retried", {
         outcome,
         error: message(err),
         ms: Math.round(performance.now() - started),

@@ -133,7 +133,8 @@ export async function listJobs(db: TestDb): Promise<QueuedJob[]> {
 /** Runs every due job once through the real wrapper, then writes the history. */
 export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], config = testConfig(db)): Promise<void> {
   const pool = createPool(db.ownerUrl, { max: 4, name: "test-drain" }, db.log);
-  const history = new HistoryWriter(pool, { flushDelayMs: 5, log: db.log });
+  const historyPool = createPool(db.ownerUrl, { max: 1, name: "test-history", settings: "-c synchronous_commit=off" }, db.log);
+  const history = new HistoryWriter(historyPool, { flushDelayMs: 5, log: db.log });
   const runtime = { history, log: db.log, workerId: "test:drain", config };
   try {
     await runOnce({
@@ -143,7 +144,7 @@ export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], conf
     });
     await history.close();
   } finally {
-    await pool.end();
+    await Promise.all([pool.end(), historyPool.end()]);
   }
 }
 

@@ -32,14 +32,16 @@ describe("job_runs__prune", () => {
     expect(rows[0].n).toBe(300);
   });
 
-  it("walks the started_at index rather than scanning the table", async () => {
+  it("finds nothing to prune through the BRIN index, without scanning a large table", async () => {
+    // Steady state: every row is newer than the cutoff; the hourly sweep must stay cheap.
     await insertRuns(50_000, 1);
     await db.pool.query("analyze app_public.job_runs");
     const { rows } = await db.pool.query(
-      "explain (format json) select r.id from app_public.job_runs r where r.started_at < now() - interval '14 days' order by r.started_at limit 5000",
+      "explain (format json) select d.ctid from app_public.job_runs d where d.started_at < now() - interval '14 days' limit 5000",
     );
     const plan = JSON.stringify(rows[0]["QUERY PLAN"]);
-    expect(plan).toContain("job_runs_started_idx");
+    // PostgreSQL 15 takes the BRIN; 18 may skip-scan the (task, started_at) btree instead.
+    expect(plan).toMatch(/"Index Name":"job_runs_(started_brin|task_started_idx)"/);
     expect(plan).not.toContain("Seq Scan");
   });
 });

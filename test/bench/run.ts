@@ -1,0 +1,252 @@
+// `npm run bench`: benchmarks, printed and written to BENCHMARKS.md. Not tests: nothing here
+// asserts a timing. Figures are medians over repeated runs, alternated so that machine noise falls
+// on both sides of a comparison alike.
+//
+//  1. No-op job throughput through the full Hourglass wrapper (job history on) versus bare
+//     graphile-worker with the same settings, on the same database, in the same run.
+//  2. `npm start` to ready on the embedded server: cold (fresh DATA_DIR: initdb + migrations) and
+//     warm (existing cluster).
+//
+// Environment: BENCH_DATABASE_URL (superuser; default: an embedded server in a temp directory),
+// BENCH_JOBS (default 50000), BENCH_ROUNDS (default 5), BENCH_START_ROUNDS (default 3).
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import pg from "pg";
+import { run, type Runner } from "graphile-worker";
+import { z } from "zod";
+import { loadConfig } from "../../src/config.ts";
+import { createLogger, workerLogger } from "../../src/log.ts";
+import { startEmbedded } from "../../src/db/embedded.ts";
+import { migrateDatabase } from "../../src/db/migrate.ts";
+import { createDatabaseIfMissing } from "../../src/db/resolve.ts";
+import { createPool } from "../../src/db/pool.ts";
+import { startWorker } from "../../src/worker/runner.ts";
+import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { databaseUrl } from "../helpers/env.ts";
+
+const ROOT = path.resolve(import.meta.dirname, "../..");
+const JOBS = Number(process.env.BENCH_JOBS ?? 50_000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const START_ROUNDS = Math.max(1, Number(process.env.BENCH_START_ROUNDS ?? 3));
+const log = createLogger({ level: "warn", format: "pretty" });
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const range = (xs: number[], digits = 0) => `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`;
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 120_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("benchmark did not finish in time");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+// Same settings on both sides: Hourglass's shipped defaults.
+const defaults = loadConfig({ NODE_ENV: "production", DATABASE_URL: "postgres://x@localhost/x", AUTHENTICATOR_PASSWORD: "x" });
+
+async function enqueue(pool: pg.Pool, task: string) {
+  await pool.query(
+    `select count(*) from graphile_worker.add_jobs(array(
+       select row($1, json_build_object('n', g), null, null, null, null, null, null)::graphile_worker.job_spec
+       from generate_series(1, $2) g))`,
+    [task, JOBS],
+  );
+}
+
+async function queueEmpty(pool: pg.Pool) {
+  const { rows } = await pool.query("select not exists (select 1 from graphile_worker.jobs) as empty");
+  return rows[0].empty as boolean;
+}
+
+async function bare(url: string, pool: pg.Pool): Promise<number> {
+  await enqueue(pool, "bench_noop");
+  const workerPool = createPool(url, { max: defaults.worker.concurrency + 4, name: "bench-bare" }, log);
+  const started = performance.now();
+  const runner: Runner = await run({
+    pgPool: workerPool,
+    taskList: { bench_noop: async () => {} },
+    parsedCronItems: [],
+    concurrency: defaults.worker.concurrency,
+    noHandleSignals: true,
+    logger: workerLogger(log),
+    preset: { worker: { localQueue: { size: defaults.worker.localQueueSize }, completeJobBatchDelay: 0, failJobBatchDelay: 0 } },
+  });
+  await waitFor(() => queueEmpty(pool));
+  const seconds = (performance.now() - started) / 1000;
+  await runner.stop();
+  await workerPool.end();
+  return JOBS / seconds;
+}
+
+const noop = resolveTask("bench_noop", defineTask({
+  description: "does nothing (benchmark)",
+  payload: z.object({ n: z.number() }),
+  async run() {},
+}));
+
+async function hourglass(url: string, pool: pg.Pool): Promise<number> {
+  await enqueue(pool, "bench_noop");
+  const started = performance.now();
+  const worker = await startWorker({ ownerUrl: url, config: defaults, tasks: [noop], log, crontabFile: null });
+  // Done when every job is gone from the queue and every run is in the history.
+  await waitFor(() => queueEmpty(pool));
+  await waitFor(async () => {
+    if (!(await queueEmpty(pool))) return false;
+    const { rows } = await pool.query("select count(*)::int as n from app_public.job_runs where outcome = 'succeeded'");
+    return rows[0].n >= JOBS;
+  });
+  const seconds = (performance.now() - started) / 1000;
+  await worker.stop();
+  await pool.query("truncate app_public.job_runs");
+  return JOBS / seconds;
+}
+
+async function throughput(serverUrl: string) {
+  const name = `hg_bench_${randomBytes(3).toString("hex")}`;
+  await createDatabaseIfMissing(serverUrl, name);
+  const url = databaseUrl(serverUrl, name);
+  const roles = { authenticator: `${name}_authenticator`, visitor: `${name}_visitor` };
+  await migrateDatabase({ ownerUrl: url, roles, authenticatorPassword: randomBytes(12).toString("hex"), resetPassword: true, log, tasks: [noop] });
+  const pool = createPool(url, { max: 2, name: "bench" }, log);
+  const bareRates: number[] = [];
+  const hgRates: number[] = [];
+  try {
+    // Each round leaves a table of dead job rows behind; without a vacuum in between (this
+    // machine's server runs with autovacuum off) every round would start slower than the last.
+    const settle = () => pool.query("vacuum analyze");
+    for (let i = 0; i < ROUNDS; i++) {
+      await settle();
+      bareRates.push(await bare(url, pool));
+      await settle();
+      hgRates.push(await hourglass(url, pool));
+      console.log(`  round ${i + 1}: bare ${bareRates.at(-1)!.toFixed(0)} jobs/s, hourglass ${hgRates.at(-1)!.toFixed(0)} jobs/s`);
+    }
+  } finally {
+    await pool.end();
+    const admin = new pg.Client({ connectionString: serverUrl });
+    await admin.connect();
+    await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);
+    for (const r of Object.values(roles)) await admin.query(`drop role if exists ${admin.escapeIdentifier(r)}`);
+    await admin.end();
+  }
+  return { bareRates, hgRates };
+}
+
+function startToReady(dataDir: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, ["src/main.ts"], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? "", DATA_DIR: dataDir, PORT: "0", EMBEDDED_PG_PORT: String(port), LOG_FORMAT: "json", LOG_LEVEL: "info" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    let ms: number | null = null;
+    const onData = (d: Buffer) => {
+      out += d;
+      if (ms === null && out.includes('"Hourglass is ready"')) {
+        ms = performance.now() - t0;
+        child.kill("SIGINT");
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("exit", (code) => (ms !== null && code === 0 ? resolve(ms) : reject(new Error(`start failed (${code}):\n${out}`))));
+  });
+}
+
+async function startTimes() {
+  const cold: number[] = [];
+  const warm: number[] = [];
+  for (let i = 0; i < START_ROUNDS; i++) {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "hourglass-bench-"));
+    await fs.chmod(dir, 0o755);
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    try {
+      cold.push(await startToReady(dir, port));
+      warm.push(await startToReady(dir, port));
+      console.log(`  round ${i + 1}: cold ${cold.at(-1)!.toFixed(0)} ms, warm ${warm.at(-1)!.toFixed(0)} ms`);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+  return { cold, warm };
+}
+
+async function main() {
+  let serverUrl = process.env.BENCH_DATABASE_URL;
+  let server = "BENCH_DATABASE_URL";
+  let stop = async () => {};
+  let tmp: string | null = null;
+  if (!serverUrl) {
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), "hourglass-bench-pg-"));
+    await fs.chmod(tmp, 0o755);
+    const embedded = await startEmbedded({ dir: path.join(tmp, "postgres"), port: 20000 + Math.floor(Math.random() * 20000), log });
+    serverUrl = embedded.url("postgres");
+    server = "embedded";
+    stop = () => embedded.stop();
+  }
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  const pgVersion = (await client.query("show server_version")).rows[0].server_version as string;
+  await client.end();
+
+  console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
+  let t;
+  try {
+    t = await throughput(serverUrl);
+  } finally {
+    await stop();
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+  }
+  console.log(`2. npm start to ready on the embedded server, ${START_ROUNDS} rounds`);
+  const s = await startTimes();
+
+  const ratio = median(t.hgRates) / median(t.bareRates);
+  const cpu = os.cpus()[0]?.model ?? "unknown CPU";
+  const lines = [
+    "# Benchmarks",
+    "",
+    "Written by `npm run bench` (test/bench/run.ts). Medians over repeated rounds in one run; ranges are min–max.",
+    "These machines are noisy: compare figures from the same run, not across runs.",
+    "",
+    `- Date: ${new Date().toISOString()}`,
+    `- Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+    `- PostgreSQL ${pgVersion} (${server})`,
+    `- Command: \`npm run bench\` (BENCH_JOBS=${JOBS}, BENCH_ROUNDS=${ROUNDS}, BENCH_START_ROUNDS=${START_ROUNDS})`,
+    "",
+    "## 1. No-op job throughput: Hourglass wrapper with job history vs bare graphile-worker",
+    "",
+    `Same database, same settings (Hourglass defaults: concurrency ${defaults.worker.concurrency}, local queue ${defaults.worker.localQueueSize},`,
+    "completion/failure batching 0 ms), rounds alternated. Timed from worker start until the queue is empty and,",
+    "for Hourglass, every run is written to `app_public.job_runs`.",
+    "",
+    "| | median jobs/s | range |",
+    "|---|---:|---:|",
+    `| bare graphile-worker 0.18 | ${median(t.bareRates).toFixed(0)} | ${range(t.bareRates)} |`,
+    `| Hourglass (wrapper + history) | ${median(t.hgRates).toFixed(0)} | ${range(t.hgRates)} |`,
+    `| ratio of medians | ${(ratio * 100).toFixed(1)}% | goal ≥ 80% |`,
+    "",
+    "## 2. `npm start` to ready (embedded PostgreSQL, API + worker)",
+    "",
+    "Timed from spawning `node src/main.ts` to its \"Hourglass is ready\" log line.",
+    "",
+    "| | median ms | range |",
+    "|---|---:|---:|",
+    `| cold (fresh DATA_DIR: initdb, migrations) | ${median(s.cold).toFixed(0)} | ${range(s.cold)} |`,
+    `| warm (existing cluster) | ${median(s.warm).toFixed(0)} | ${range(s.warm)} |`,
+    "",
+  ];
+  const text = lines.join("\n");
+  await fs.writeFile(path.join(ROOT, "BENCHMARKS.md"), text);
+  console.log("\n" + text);
+}
+
+await main();
