@@ -5,6 +5,10 @@
 import path from "node:path";
 import pg from "pg";
 import { migrate as runCommittedMigrations, Logger as MigrateLogger } from "graphile-migrate";
+// graphile-migrate keeps its pool for 200 ms after use, with an error handler that calls
+// process.exit(1): a database restart in that window would kill an API or worker process.
+// We close its idle pools as soon as migrating is done.
+import { clearAllPools as closeMigratePools } from "graphile-migrate/dist/pgReal.js";
 import { runMigrations as installWorkerSchema } from "graphile-worker";
 import { graphileLogFactory, workerLogger, type Logger } from "../log.ts";
 import { ensureRoles, type RoleNames } from "./roles.ts";
@@ -62,7 +66,11 @@ export async function migrateDatabase(options: MigrateOptions): Promise<void> {
       } finally {
         await pool.end();
       }
-      await runCommittedMigrations(migrateSettings(ownerUrl, roles, log));
+      try {
+        await runCommittedMigrations(migrateSettings(ownerUrl, roles, log));
+      } finally {
+        closeMigratePools();
+      }
       await syncCatalogue(client, tasks);
       log.info("database is up to date", { tasks: tasks.length, ms: Date.now() - started });
     } finally {

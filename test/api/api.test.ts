@@ -86,7 +86,7 @@ describe("errors", () => {
     expect(internal.extensions.code).toBe("INTERNAL_ERROR");
     expect(internal.message).not.toMatch(/division/);
 
-    const plain = mask(wrap(new Error("connect ECONNREFUSED 10.0.0.1:5432")));
+    const plain = mask(wrap(new Error("connect ECONNREFUSED 127.0.0.1:1")));
     expect(plain.message).not.toMatch(/ECONNREFUSED/);
   });
 });
@@ -117,5 +117,36 @@ describe("/healthz", () => {
     workerRunning = null;
     r = await fetch(`${api.url}/healthz`);
     expect(await r.json()).toMatchObject({ status: "ok", worker: "not in this process" });
+  });
+});
+
+describe("per-request statement_timeout", () => {
+  it("cancels a GraphQL request that runs longer than STATEMENT_TIMEOUT_MS, with a safe error", async () => {
+    // A slow function exists only in this file's own database, created before this API starts.
+    await db.pool.query(
+      `create function app_public.slow_answer() returns integer language sql stable as $$ select 42 from pg_sleep(2) $$;
+       grant execute on function app_public.slow_answer() to ${db.run.roles.visitor}`,
+    );
+    const slowApi = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db, { STATEMENT_TIMEOUT_MS: "200" }),
+      log: testLog,
+      health: { workerRunning: () => null },
+    });
+    try {
+      const res = await fetch(`${slowApi.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ query: "{ slowAnswer }" }),
+      });
+      const body = (await res.json()) as { errors?: { message: string; extensions: unknown }[] };
+      expect(body.errors?.[0]).toMatchObject({
+        message: "The request took too long and was cancelled.",
+        extensions: { code: "STATEMENT_TIMEOUT" },
+      });
+    } finally {
+      await slowApi.stop();
+      await db.pool.query("drop function app_public.slow_answer()");
+    }
   });
 });

@@ -112,3 +112,25 @@ describe("loading tasks/", () => {
     await expect(loadTasks(dir)).rejects.toThrow(/must `export default defineTask/);
   });
 });
+
+describe("enqueueing from TypeScript", () => {
+  it("a task's follow-up job gets the follow-up task's declared defaults", async () => {
+    const { drainJobs, jobRuns } = await import("../helpers/db.ts");
+    const chaining = resolveTask("t_chaining", defineTask({
+      description: "enqueues a follow-up",
+      payload: z.object({}),
+      async run(_p, { enqueue }) {
+        const id = await enqueue("t_declared", {}, { jobKey: "followup:1" });
+        return { enqueued: id };
+      },
+    }));
+    await syncCatalogue(db.pool, [declared, plain, chaining]);
+    await db.pool.query("select app_private.add_job('t_chaining')");
+    await drainJobs(db, [chaining]);
+    const [run] = await jobRuns(db, "t_chaining");
+    expect(run?.outcome).toBe("succeeded");
+    const followup = (await listJobs(db)).find((j) => j.key === "followup:1");
+    expect(followup).toMatchObject({ task_identifier: "t_declared", priority: 7, max_attempts: 3 });
+    expect((run!.result as { enqueued: string }).enqueued).toBe(followup!.id);
+  });
+});
