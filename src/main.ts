@@ -41,10 +41,11 @@ async function main() {
   }
   const log = createLogger(config.log);
 
-  let db: Database | null = null;
-  let worker: WorkerHandle | null = null;
-  let api: ApiHandle | null = null;
+  let db = null as Database | null; // "as": assigned inside start-up, read by shutdown
+  let worker = null as WorkerHandle | null;
+  let api = null as ApiHandle | null;
   let shuttingDown = false;
+  let startup: Promise<void> = Promise.resolve();
 
   const shutdown = async (reason: string, code: number) => {
     if (shuttingDown) return;
@@ -55,14 +56,17 @@ async function main() {
       process.exit(1);
     }, config.worker.shutdownTimeoutMs + 15_000);
     force.unref();
-    try {
-      await api?.stop();
-      await worker?.stop();
-    } catch (err) {
-      log.error("error during shutdown", { err });
-      code = code || 1;
+    // A signal during start-up: let it reach a consistent point first (start-up stops early).
+    await startup.catch(() => {});
+    for (const [name, stop] of [["API", () => api?.stop()], ["worker", () => worker?.stop()]] as const) {
+      try {
+        await stop();
+      } catch (err) {
+        log.error(`error while stopping the ${name}`, { err });
+        code = code || 1;
+      }
     }
-    await db?.embedded?.stop();
+    await db?.embedded?.stop().catch((err: unknown) => log.error("error while stopping the embedded server", { err }));
     log.info("bye");
     process.exit(code);
   };
@@ -73,7 +77,7 @@ async function main() {
         log.warn("second signal: forcing exit");
         worker?.history.abandonRunning(`worker forced to exit by ${signal}`);
         void Promise.race([worker?.history.close(), new Promise((r) => setTimeout(r, 2000))]).finally(() => {
-          void db?.embedded?.stop().finally(() => process.exit(130));
+          void (db?.embedded?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
         });
         return;
       }
@@ -81,8 +85,9 @@ async function main() {
     });
   }
 
-  try {
+  startup = (async () => {
     db = await resolveDatabase(config, log);
+    if (shuttingDown) return;
     const tasks = await loadTasks();
     await migrateDatabase({
       ownerUrl: db.ownerUrl,
@@ -96,11 +101,12 @@ async function main() {
       await db.embedded?.stop();
       return;
     }
+    if (shuttingDown) return;
     if (role.worker) {
       worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log });
       void worker.runner.promise.catch(() => shutdown("the worker stopped with an error", 1));
     }
-    if (role.api) {
+    if (role.api && !shuttingDown) {
       const w = worker;
       api = await startApi({
         authUrl: db.authUrl,
@@ -109,13 +115,19 @@ async function main() {
         health: { workerRunning: () => (w ? w.isRunning() : null) },
       });
     }
-    summary(log, db, api, worker, config.mode);
+    if (!shuttingDown) summary(log, db, api, worker, config.mode);
+  })();
+  try {
+    await startup;
   } catch (err) {
     log.error("start-up failed", { err });
-    await api?.stop().catch(() => {});
-    await worker?.stop().catch(() => {});
-    await db?.embedded?.stop().catch(() => {});
-    process.exit(1);
+    if (!shuttingDown) {
+      shuttingDown = true;
+      await api?.stop().catch(() => {});
+      await worker?.stop().catch(() => {});
+      await db?.embedded?.stop().catch(() => {});
+      process.exit(1);
+    }
   }
 }
 

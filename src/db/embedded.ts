@@ -8,7 +8,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -113,8 +113,11 @@ export async function startEmbedded({ dir, port, log }: EmbeddedOptions): Promis
   let password = readSecret(passwordFile);
 
   if (!existsSync(path.join(dir, "PG_VERSION"))) {
+    if (existsSync(dir) && (await fs.readdir(dir)).length > 0) {
+      throw new Error(`${dir} exists, is not empty and holds no PostgreSQL cluster; refusing to touch it. Set DATA_DIR elsewhere.`);
+    }
     log.info("initialising embedded PostgreSQL cluster", { dir });
-    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    const created = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
     if (runAs) await fs.chown(dir, runAs.uid, runAs.gid);
     password = randomBytes(24).toString("base64url");
     await fs.writeFile(passwordFile, password + "\n", { mode: 0o600 });
@@ -129,7 +132,9 @@ export async function startEmbedded({ dir, port, log }: EmbeddedOptions): Promis
         runAs,
       );
     } catch (err) {
-      await fs.rm(dir, { recursive: true, force: true });
+      // Leave nothing half-initialised behind, but only remove what this run created.
+      if (created !== undefined) await fs.rm(dir, { recursive: true, force: true });
+      else for (const entry of await fs.readdir(dir)) await fs.rm(path.join(dir, entry), { recursive: true, force: true });
       throw err;
     } finally {
       await fs.rm(pwfile, { force: true });
@@ -160,6 +165,7 @@ export async function startEmbedded({ dir, port, log }: EmbeddedOptions): Promis
   const url = (database: string) =>
     `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
   await waitReady(url("postgres"), exited, output, port);
+  writeFileSync(ownerFile(dir), `${process.pid}\n`);
   log.info("embedded PostgreSQL is running", { dir, port });
 
   let stopping: Promise<void> | undefined;
@@ -173,6 +179,7 @@ export async function startEmbedded({ dir, port, log }: EmbeddedOptions): Promis
           child.kill("SIGINT"); // fast shutdown: sessions end, data is checkpointed
           await exited;
         }
+        await fs.rm(ownerFile(dir), { force: true });
         log.info("embedded PostgreSQL stopped", { dir });
       })()),
   };
@@ -210,20 +217,47 @@ async function waitReady(url: string, exited: Promise<number | null>, output: st
   }
 }
 
-/** A previous run that was killed can leave its detached server running: stop it first. */
+function commandOf(pid: number): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
+  } catch {
+    return null; // gone, or no /proc on this system
+  }
+}
+
+function alive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === "EPERM";
+  }
+}
+
+/**
+ * The server runs detached, so a Node process that was killed leaves it running. Its owner is
+ * recorded beside the cluster: a server whose owner is gone is stopped; one whose owner is alive
+ * belongs to another `npm start` with the same DATA_DIR, which we must not take away.
+ */
 async function stopStale(bin: Binaries, dir: string, runAs: RunAs | undefined, log: Logger) {
   const pidFile = path.join(dir, "postmaster.pid");
   if (!existsSync(pidFile)) return;
   const pid = Number(readFileSync(pidFile, "utf8").split("\n")[0]);
-  let alive = false;
-  try {
-    process.kill(pid, 0);
-    alive = true;
-  } catch {
-    alive = false;
+  const command = commandOf(pid);
+  // A dead pid, or a pid now used by something else: PostgreSQL clears a stale pid file itself.
+  if (!alive(pid) || (command !== null && !command.includes("postgres"))) return;
+  const owner = Number(readSecret(ownerFile(dir)));
+  if (owner !== process.pid && alive(owner) && (commandOf(owner)?.includes("node") ?? true)) {
+    throw new Error(
+      `The embedded PostgreSQL in ${dir} is in use by process ${owner} (another \`npm start\` with the same DATA_DIR). ` +
+        `Stop that process, set another DATA_DIR, or run several processes against one server with DATABASE_URL.`,
+    );
   }
-  if (!alive) return; // PostgreSQL removes a stale pid file by itself
   log.warn("stopping an embedded PostgreSQL left running by an earlier process", { pid, dir });
   await run(bin.pg_ctl, ["stop", "-D", dir, "-m", "fast", "-w"], runAs);
 }
 
+function ownerFile(dir: string): string {
+  return path.join(path.dirname(dir), `${path.basename(dir)}.owner`);
+}

@@ -24,7 +24,7 @@ export async function ensureRoles(
   const existing = new Set(rows.map((r) => r.rolname));
   const authenticator = client.escapeIdentifier(roles.authenticator);
   const visitor = client.escapeIdentifier(roles.visitor);
-  const create = async (name: string, sql: string) => {
+  const create = async (name: string, sql: string, advice: string) => {
     try {
       await client.query(sql);
       log.info("created database role", { role: name });
@@ -33,8 +33,7 @@ export async function ensureRoles(
       if (code && ALREADY_EXISTS.has(code)) return; // another process created it first
       if (code === "42501") {
         throw new Error(
-          `Role ${name} does not exist and the database owner may not create roles. ` +
-            `Ask a DBA to run: ${sql.replace(/PASSWORD '.*'/, "PASSWORD '...'")}; GRANT ${roles.visitor} TO ${roles.authenticator};`,
+          `Role ${name} does not exist and the database owner may not create roles. Ask a DBA to run: ${advice}`,
           { cause: err },
         );
       }
@@ -42,13 +41,18 @@ export async function ensureRoles(
     }
   };
   if (!existing.has(roles.visitor)) {
-    await create(roles.visitor, `CREATE ROLE ${visitor} NOLOGIN`);
+    await create(roles.visitor, `CREATE ROLE ${visitor} NOLOGIN`, `CREATE ROLE ${visitor} NOLOGIN; GRANT ${visitor} TO ${authenticator};`);
   }
   if (!existing.has(roles.authenticator)) {
     if (!password) {
       throw new Error(`Role ${roles.authenticator} does not exist; set AUTHENTICATOR_PASSWORD so it can be created with a password`);
     }
-    await create(roles.authenticator, `CREATE ROLE ${authenticator} LOGIN NOINHERIT PASSWORD ${client.escapeLiteral(password)}`);
+    // The advice never contains the password: error messages end up in logs.
+    await create(
+      roles.authenticator,
+      `CREATE ROLE ${authenticator} LOGIN NOINHERIT PASSWORD ${client.escapeLiteral(password)}`,
+      `CREATE ROLE ${authenticator} LOGIN NOINHERIT PASSWORD '...'; GRANT ${visitor} TO ${authenticator};`,
+    );
   } else if (password && options.resetPassword) {
     await client.query(`ALTER ROLE ${authenticator} PASSWORD ${client.escapeLiteral(password)}`);
   }

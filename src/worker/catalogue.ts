@@ -38,21 +38,20 @@ export async function loadTasks(dir = TASKS_DIR): Promise<ResolvedTask[]> {
   return tasks;
 }
 
-/** Upserts the catalogue and removes tasks whose files are gone. Runs under the migration lock. */
+/**
+ * Upserts the catalogue. Rows for tasks this version does not have are kept (with their older
+ * synced_at): during a rolling deploy an old process restarting must not remove the new version's
+ * tasks, or every trigger enqueuing them would fail. Runs under the migration lock.
+ */
 export async function syncCatalogue(client: pg.ClientBase | pg.Pool, tasks: readonly ResolvedTask[]): Promise<void> {
   await client.query(
-    `with incoming as (
-       select * from unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::integer[])
-         as t(identifier, description, priority, max_attempts, time_limit_ms)
-     ), upserted as (
-       insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms, synced_at)
-       select identifier, description, priority, max_attempts, time_limit_ms, now() from incoming
-       on conflict (identifier) do update set
-         description = excluded.description, priority = excluded.priority,
-         max_attempts = excluded.max_attempts, time_limit_ms = excluded.time_limit_ms, synced_at = now()
-       returning identifier
-     )
-     delete from app_private.tasks t where not exists (select 1 from incoming i where i.identifier = t.identifier)`,
+    `insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms, synced_at)
+     select identifier, description, priority, max_attempts, time_limit_ms, now()
+     from unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::integer[])
+       as t(identifier, description, priority, max_attempts, time_limit_ms)
+     on conflict (identifier) do update set
+       description = excluded.description, priority = excluded.priority,
+       max_attempts = excluded.max_attempts, time_limit_ms = excluded.time_limit_ms, synced_at = now()`,
     [
       tasks.map((t) => t.identifier),
       tasks.map((t) => t.description),

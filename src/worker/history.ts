@@ -6,8 +6,12 @@
 // ends, so a clean shutdown loses nothing and leaves nothing `running`.
 //
 // The pool given here should be its own, with synchronous_commit off: history commits then do not
-// wait for a WAL flush (only a PostgreSQL crash could lose the last fraction of a second of
-// history; the jobs themselves are written by graphile-worker with the server's own durability).
+// wait for a WAL flush (a PostgreSQL crash can lose the last fraction of a second of history; the
+// jobs themselves are written by graphile-worker with the server's own durability). A process that
+// is killed loses what it had not yet written (one flush interval, more during a database outage)
+// and leaves the rows of its long runs `running` until crash recovery marks them abandoned.
+// When the database refuses a write, the batch is retried with backoff; a record that can never
+// be written (bad data) is dropped on its own, with an error log, so it cannot block the rest.
 import type pg from "pg";
 import type { Logger } from "../log.ts";
 
@@ -78,6 +82,8 @@ export interface HistoryOptions {
   flushDelayMs: number;
   /** Flush at once when this many records are waiting. */
   maxBatch?: number;
+  /** While the database is unreachable, keep at most this many records; drop the oldest beyond. */
+  maxPending?: number;
   log: Logger;
 }
 
@@ -93,7 +99,9 @@ export class HistoryWriter {
   private timer: NodeJS.Timeout | null = null;
   private inFlight: Promise<void> | null = null;
   private failures = 0;
+  private closed = false;
   private readonly maxBatch: number;
+  private readonly maxPending: number;
   private readonly pool: pg.Pool;
   private readonly options: HistoryOptions;
 
@@ -101,6 +109,7 @@ export class HistoryWriter {
     this.pool = pool;
     this.options = options;
     this.maxBatch = options.maxBatch ?? 1000;
+    this.maxPending = options.maxPending ?? 100_000;
   }
 
   start(record: RunRecord): void {
@@ -134,13 +143,10 @@ export class HistoryWriter {
     return this.running.size;
   }
 
-  /** Writes everything waiting; resolves when it is in the database. */
+  /** One write of everything waiting (after any write under way); a failure leaves it queued. */
   async flush(): Promise<void> {
-    while (this.inFlight || this.pending.size > 0) {
-      if (this.inFlight) {
-        await this.inFlight;
-        continue;
-      }
+    if (this.inFlight) await this.inFlight;
+    if (this.pending.size > 0) {
       this.writeNow();
       await this.inFlight;
     }
@@ -150,34 +156,33 @@ export class HistoryWriter {
   async close(): Promise<void> {
     if (this.running.size > 0) this.abandonRunning("worker shut down while the job was running");
     for (let attempt = 1; ; attempt++) {
-      try {
-        await this.flush();
-        if (this.pending.size === 0) break;
-      } catch {
-        // writeNow already logged it
-      }
+      await this.flush();
+      if (this.pending.size === 0 && !this.inFlight) break;
       if (attempt >= 5) {
         this.options.log.error("job history records could not be written before shutdown", { lost: this.pending.size });
         break;
       }
       await new Promise((r) => setTimeout(r, 200 * attempt));
     }
+    this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
 
   private enqueue(record: RunRecord): void {
     this.pending.set(record.id, record);
-    if (this.inFlight) return; // the in-flight write schedules the next one when it ends
+    if (this.inFlight || this.closed) return; // the write under way schedules the next one
     if (this.pending.size >= this.maxBatch) {
       this.writeNow();
     } else if (!this.timer) {
-      this.timer = setTimeout(() => {
-        this.timer = null;
-        if (!this.inFlight) this.writeNow();
-      }, this.options.flushDelayMs);
+      this.timer = setTimeout(this.onTimer, this.options.flushDelayMs);
     }
   }
+
+  private readonly onTimer = () => {
+    this.timer = null;
+    if (!this.inFlight) this.writeNow();
+  };
 
   private writeNow(): void {
     if (this.timer) {
@@ -185,33 +190,71 @@ export class HistoryWriter {
       this.timer = null;
     }
     if (this.pending.size === 0) return;
-    const batch = this.pending;
+    const records = [...this.pending.values()];
     this.pending = new Map();
-    const records = [...batch.values()];
-    this.inFlight = this.write(records).then(
-      () => {
-        this.failures = 0;
-        for (const r of records) {
-          if (r.outcome === "running") this.written.add(r.id);
-          else this.written.delete(r.id);
-        }
-      },
-      (err: unknown) => {
-        this.failures++;
-        // Keep the records; a newer version of one that arrived meanwhile wins.
-        for (const [id, record] of batch) if (!this.pending.has(id)) this.pending.set(id, record);
-        this.options.log.error("writing job history failed; will retry", { records: batch.size, err });
-      },
-    ).finally(() => {
+    this.inFlight = this.writeBatch(records).finally(() => {
       this.inFlight = null;
-      if (this.pending.size > 0 && !this.timer) {
-        const delay = this.failures > 0 ? Math.min(30_000, 250 * 2 ** this.failures) : this.pending.size >= this.maxBatch ? 0 : this.options.flushDelayMs;
-        this.timer = setTimeout(() => {
-          this.timer = null;
-          if (!this.inFlight) this.writeNow();
-        }, delay);
+      if (this.pending.size > 0 && !this.timer && !this.closed) {
+        const delay =
+          this.failures > 0 ? Math.min(30_000, 250 * 2 ** this.failures) : this.pending.size >= this.maxBatch ? 0 : this.options.flushDelayMs;
+        this.timer = setTimeout(this.onTimer, delay);
       }
     });
+  }
+
+  private async writeBatch(records: RunRecord[]): Promise<void> {
+    try {
+      await this.write(records);
+      this.failures = 0;
+      this.markWritten(records);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code === "23505") {
+        // A row we took for new is there already: an earlier write committed but its reply was
+        // lost. Route this batch through the upsert, which is idempotent.
+        for (const r of records) this.written.add(r.id);
+        this.requeue(records);
+      } else if (err instanceof TypeError || (typeof code === "string" && /^2[23]/.test(code))) {
+        // Something in the batch can never be written (bad data, not a bad connection): write the
+        // records one by one and drop, loudly, only the ones that fail on their own.
+        await this.writeOneByOne(records);
+      } else {
+        this.failures++;
+        this.requeue(records);
+        this.options.log.error("writing job history failed; will retry", { records: records.length, err });
+      }
+    }
+  }
+
+  private async writeOneByOne(records: RunRecord[]): Promise<void> {
+    for (const r of records) {
+      try {
+        await this.write([r]);
+        this.markWritten([r]);
+      } catch (err) {
+        this.written.delete(r.id);
+        this.options.log.error("dropped a job history record that cannot be written", { job: r.jobId, task: r.task, err });
+      }
+    }
+  }
+
+  private markWritten(records: RunRecord[]): void {
+    for (const r of records) {
+      if (r.outcome === "running") this.written.add(r.id);
+      else this.written.delete(r.id);
+    }
+  }
+
+  /** Puts a failed batch back (a newer version of a record wins), keeping memory bounded. */
+  private requeue(records: RunRecord[]): void {
+    for (const r of records) if (!this.pending.has(r.id)) this.pending.set(r.id, r);
+    let dropped = 0;
+    for (const id of this.pending.keys()) {
+      if (this.pending.size <= this.maxPending) break;
+      this.pending.delete(id);
+      dropped++;
+    }
+    if (dropped) this.options.log.error("job history backlog is full; dropped the oldest records", { dropped });
   }
 
   private async write(records: RunRecord[]): Promise<void> {

@@ -51,8 +51,19 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const parsedCronItems =
     options.crontabFile === null ? [] : await loadCrontab(options.tasks, options.crontabFile ?? undefined);
 
-  // Concurrency + the local queue's fetches + completion batches.
-  const pool = createPool(options.ownerUrl, { max: w.concurrency + 3, name: "worker" }, log);
+  // Concurrency + the local queue's fetches + completion batches. A task that overruns its time
+  // limit is failed at once, but a query it started would hold its connection: the longest time
+  // limit among this worker's tasks bounds every statement and idle transaction on the pool.
+  const longest = Math.max(...selected.map((t) => t.timeLimitMs), 30_000);
+  const pool = createPool(
+    options.ownerUrl,
+    {
+      max: w.concurrency + 3,
+      name: "worker",
+      settings: `-c statement_timeout=${longest} -c idle_in_transaction_session_timeout=${longest}`,
+    },
+    log,
+  );
   // The history writer has one write in flight at a time, on its own connection (see history.ts).
   const historyPool = createPool(options.ownerUrl, { max: 1, name: "history", settings: "-c synchronous_commit=off" }, log);
   const history = new HistoryWriter(historyPool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
@@ -106,16 +117,19 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       log.info("worker stopping: finishing running jobs", { running: history.runningCount });
       const timeout = setTimeout(() => {
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
-        void runner.kill();
+        void runner.kill().catch(() => {});
       }, w.shutdownTimeoutMs);
       try {
-        await runner.stop();
+        // A runner that already died (its promise rejected) refuses stop(); its cleanup below still runs.
+        if (running) await runner.stop();
         await finished;
+      } catch (err) {
+        log.error("worker did not stop cleanly", { err });
       } finally {
         clearTimeout(timeout);
+        await history.close();
+        await Promise.all([pool.end(), historyPool.end()]);
       }
-      await history.close();
-      await Promise.all([pool.end(), historyPool.end()]);
       log.info("worker stopped");
     })());
 

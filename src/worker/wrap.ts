@@ -9,7 +9,7 @@ import type { JobHelpers, Task } from "graphile-worker";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { HistoryWriter } from "./history.ts";
-import { redact } from "./redact.ts";
+import { errorText, redact } from "./redact.ts";
 import { isSkipped, type EnqueueOptions, type ResolvedTask, type TaskContext, type TaskResult } from "./task.ts";
 import { uuidv7 } from "../db/uuidv7.ts";
 
@@ -52,9 +52,6 @@ function withoutCronMarker(payload: unknown): unknown {
   return rest;
 }
 
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
   const { history, workerId } = runtime;
@@ -93,49 +90,61 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
 
     // The abort controller, the combined signal and the job's child logger are built only if
     // the task uses them: most jobs never do, and at thousands of jobs per second they show.
+    // After the time limit the signal is aborted (even if first asked for later) and the task's
+    // database helpers refuse new queries; a query already running is ended by the worker pool's
+    // statement_timeout (see runner.ts).
     let limit: AbortController | undefined;
     let signal: AbortSignal | undefined;
     let log: Logger | undefined;
+    let timedOut: TaskTimeoutError | undefined;
     const ctx: TaskContext = {
       job,
       get signal() {
-        return (signal ??= AbortSignal.any([(limit ??= new AbortController()).signal, helpers.abortSignal]));
+        if (!signal) {
+          limit ??= new AbortController();
+          if (timedOut) limit.abort(timedOut);
+          signal = AbortSignal.any([limit.signal, helpers.abortSignal]);
+        }
+        return signal;
       },
       get log() {
         return (log ??= jobLog());
       },
       config: runtime.config,
-      query: helpers.query,
-      withPgClient: helpers.withPgClient,
-      enqueue: (identifier, payload, options) => enqueue(helpers, identifier, payload, options),
+      query: ((text: string, values?: unknown[]) =>
+        timedOut ? Promise.reject(timedOut) : helpers.query(text, values)) as JobHelpers["query"],
+      withPgClient: ((callback: Parameters<JobHelpers["withPgClient"]>[0]) =>
+        timedOut ? Promise.reject(timedOut) : helpers.withPgClient(callback)) as JobHelpers["withPgClient"],
+      enqueue: (identifier, payload, options) =>
+        timedOut ? Promise.reject(timedOut) : enqueue(helpers, identifier, payload, options),
     };
     const started = performance.now();
     let timer: NodeJS.Timeout | undefined;
     try {
       const result = await new Promise<TaskResult>((resolve, reject) => {
         timer = setTimeout(() => {
-          const err = new TaskTimeoutError(`Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`);
-          limit?.abort(err);
-          reject(err);
+          timedOut = new TaskTimeoutError(`Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`);
+          limit?.abort(timedOut);
+          reject(timedOut);
         }, task.timeLimitMs);
         task.run(parsed.data, ctx).then(resolve, reject);
       });
       if (isSkipped(result)) {
         ctx.log.info("job skipped", { reason: result.reason });
-        history.finish(id, "skipped", null, { skipped: result.reason });
+        history.finish(id, "skipped", null, { skipped: errorText(result.reason) });
       } else {
         if (taskLog.isLevelEnabled("debug")) ctx.log.debug("job succeeded", { ms: Math.round(performance.now() - started) });
-        history.finish(id, "succeeded", null, result ?? null);
+        history.finish(id, "succeeded", null, result ? (redact(result) as Record<string, unknown>) : null);
       }
     } catch (err) {
       const last = job.attempts >= job.max_attempts;
       const outcome = err instanceof TaskTimeoutError ? "timed_out" : last ? "failed_permanently" : "failed_retrying";
       ctx.log[last ? "error" : "warn"](last ? "job failed permanently" : "job failed; it will be retried", {
         outcome,
-        error: message(err),
+        error: errorText(err),
         ms: Math.round(performance.now() - started),
       });
-      history.finish(id, outcome, message(err), null);
+      history.finish(id, outcome, errorText(err), null);
       throw err;
     } finally {
       clearTimeout(timer);

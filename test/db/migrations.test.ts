@@ -42,9 +42,7 @@ describe("migrations", () => {
     const opts = { ownerUrl: url, roles: run.roles, authenticatorPassword: run.authenticatorPassword, log: testLog };
     const results = await Promise.allSettled([migrateDatabase(opts), migrateDatabase(opts), migrateDatabase(opts)]);
     expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "fulfilled"]);
-    const applied = await migrationsApplied(url);
-    expect(new Set(applied).size).toBe(applied.length);
-    expect(applied).toEqual(await migrationsApplied(db.ownerUrl));
+    expect(await migrationsApplied(url)).toEqual(await migrationsApplied(db.ownerUrl));
     const admin = new pg.Client({ connectionString: run.serverUrl });
     await admin.connect();
     await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);

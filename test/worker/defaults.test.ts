@@ -34,13 +34,17 @@ describe("per-task defaults", () => {
     await syncCatalogue(db.pool, [declared, plain]);
   });
 
-  it("are written to the catalogue, and tasks whose files are gone are removed", async () => {
-    // The template's catalogue holds the project's tasks (job_runs__prune, ...); they are gone now.
-    const { rows } = await db.pool.query("select identifier, priority, max_attempts, time_limit_ms from app_private.tasks order by identifier");
+  it("are written to the catalogue; tasks another version declared are kept for a rolling deploy", async () => {
+    const { rows } = await db.pool.query(
+      "select identifier, priority, max_attempts, time_limit_ms from app_private.tasks where identifier like 't\\_%' order by identifier",
+    );
     expect(rows).toEqual([
       { identifier: "t_declared", priority: 7, max_attempts: 3, time_limit_ms: 1234 },
       { identifier: "t_plain", priority: TASK_DEFAULTS.priority, max_attempts: TASK_DEFAULTS.maxAttempts, time_limit_ms: TASK_DEFAULTS.timeLimitMs },
     ]);
+    // The template's catalogue came from tasks/ (this file's sync did not include them): still there.
+    const { rows: kept } = await db.pool.query("select 1 from app_private.tasks where identifier = 'job_runs__prune'");
+    expect(kept).toHaveLength(1);
   });
 
   it("are applied when SQL enqueues through app_private.add_job, unless the caller overrides them", async () => {

@@ -13,6 +13,13 @@ afterAll(async () => {
 });
 
 const calls: unknown[] = [];
+let lateDone: () => void;
+const late = {
+  signalAborted: null as boolean | null,
+  queryError: null as string | null,
+  finished: new Promise<void>((r) => (lateDone = r)),
+  done: () => lateDone(),
+};
 const tasks = [
   resolveTask("t_ok", defineTask({
     description: "succeeds",
@@ -41,6 +48,24 @@ const tasks = [
           resolve(undefined);
         });
       });
+    },
+  })),
+  resolveTask("t_ignores_limit", defineTask({
+    description: "ignores its time limit and only then looks at its signal and the database",
+    payload: z.object({}),
+    timeLimitMs: 100,
+    async run(_p, ctx) {
+      await new Promise((r) => setTimeout(r, 400));
+      late.signalAborted = ctx.signal.aborted;
+      late.queryError = await ctx.query("select 1").then(() => null, (e: Error) => e.name);
+      late.done();
+    },
+  })),
+  resolveTask("t_weird_result", defineTask({
+    description: "returns values jsonb cannot hold as they are",
+    payload: z.object({}),
+    async run() {
+      return { big: 12345678901234567890n, text: "a\u0000b", nested: { token: "secret-value" } };
     },
   })),
   resolveTask("t_skip", defineTask({
@@ -104,6 +129,22 @@ describe("job history", () => {
     expect(runs[0]!.outcome).toBe("timed_out");
     expect(runs[0]!.error).toMatch(/time limit of 100 ms/);
     expect(runs[0]!.duration_ms).toBeLessThan(4000);
+  });
+
+  it("after the time limit a task sees its signal aborted and its database helpers refuse new queries", async () => {
+    const id = await addJob("t_ignores_limit", {}, 1);
+    await drainJobs(db, tasks);
+    await late.finished;
+    expect(late).toMatchObject({ signalAborted: true, queryError: "TaskTimeoutError" });
+    const [run] = (await jobRuns(db, "t_ignores_limit")).filter((r) => r.job_id === id);
+    expect(run!.outcome).toBe("timed_out");
+  });
+
+  it("stores results jsonb cannot hold as they are: BigInts as strings, NUL characters removed, secrets redacted", async () => {
+    const id = await addJob("t_weird_result");
+    await drainJobs(db, tasks);
+    const [run] = (await jobRuns(db, "t_weird_result")).filter((r) => r.job_id === id);
+    expect(run).toMatchObject({ outcome: "succeeded", result: { big: "12345678901234567890", text: "ab", nested: { token: REDACTED } } });
   });
 
   it("records a job that no longer applies as skipped, with the reason", async () => {
