@@ -49,6 +49,36 @@ describe("migrations", () => {
     await admin.end();
   });
 
+  it("run as a database owner that is not a superuser, creating the API's roles with CREATEROLE", async () => {
+    const run = inject("run");
+    const owner = `${run.prefix}_owner`;
+    const roles = { authenticator: `${run.prefix}_o_auth`, visitor: `${run.prefix}_o_visitor` };
+    const name = `${run.prefix}_nonsuper`;
+    const admin = new pg.Client({ connectionString: run.serverUrl });
+    await admin.connect();
+    try {
+      await admin.query(`create role ${owner} login createrole password 'owner-pw'`);
+      await admin.query(`create database ${name} owner ${owner}`);
+      const ownerUrl = databaseUrl(run.serverUrl, name, { name: owner, password: "owner-pw" });
+      await migrateDatabase({ ownerUrl, roles, authenticatorPassword: "auth-pw", log: testLog });
+      const authUrl = databaseUrl(run.serverUrl, name, { name: roles.authenticator, password: "auth-pw" });
+      const client = new pg.Client({ connectionString: authUrl });
+      await client.connect();
+      try {
+        // The authenticator can become the visitor and see (empty) app_public, nothing more.
+        await client.query(`set role ${roles.visitor}`);
+        expect((await client.query("select count(*)::int as n from app_public.users")).rows[0].n).toBe(0);
+        await expect(client.query("select * from app_private.sessions")).rejects.toMatchObject({ code: "42501" });
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await admin.query(`drop database if exists ${name} with (force)`);
+      for (const role of [roles.authenticator, roles.visitor, owner]) await admin.query(`drop role if exists ${role}`);
+      await admin.end();
+    }
+  });
+
   it("install graphile-worker's schema before ours, so SQL can enqueue through it", async () => {
     const { rows } = await db.pool.query("select to_regprocedure('graphile_worker.add_jobs(graphile_worker.job_spec[], boolean)') is not null as ok");
     expect(rows[0].ok).toBe(true);
