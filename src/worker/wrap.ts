@@ -53,13 +53,75 @@ function withoutCronMarker(payload: unknown): unknown {
 }
 
 
+/**
+ * What a running task sees (TaskContext). A class, so that the per-job cost is one object: the
+ * abort controller, the combined signal and the child logger are built only if the task uses
+ * them. After the time limit the signal is aborted (even if first asked for later) and the
+ * database helpers refuse new work; a query already running is ended by the worker pool's
+ * statement_timeout (see runner.ts).
+ */
+class JobContext implements TaskContext {
+  readonly job: JobHelpers["job"];
+  readonly config: Config;
+  timedOut: TaskTimeoutError | undefined;
+  private readonly helpers: JobHelpers;
+  private readonly taskLog: Logger;
+  private limit: AbortController | undefined;
+  private _signal: AbortSignal | undefined;
+  private _log: Logger | undefined;
+  private _query: JobHelpers["query"] | undefined;
+  private _withPgClient: JobHelpers["withPgClient"] | undefined;
+  private _enqueue: TaskContext["enqueue"] | undefined;
+
+  constructor(helpers: JobHelpers, taskLog: Logger, config: Config) {
+    this.helpers = helpers;
+    this.job = helpers.job;
+    this.taskLog = taskLog;
+    this.config = config;
+  }
+
+  get signal(): AbortSignal {
+    if (!this._signal) {
+      this.limit ??= new AbortController();
+      if (this.timedOut) this.limit.abort(this.timedOut);
+      this._signal = AbortSignal.any([this.limit.signal, this.helpers.abortSignal]);
+    }
+    return this._signal;
+  }
+
+  get log(): Logger {
+    return (this._log ??= this.taskLog.child({ job: this.job.id, attempt: this.job.attempts }));
+  }
+
+  // Getters handing out closures (made on first use): tasks destructure these from the context.
+  get query(): JobHelpers["query"] {
+    return (this._query ??= ((text: string, values?: unknown[]) =>
+      this.timedOut ? Promise.reject(this.timedOut) : this.helpers.query(text, values)) as JobHelpers["query"]);
+  }
+
+  get withPgClient(): JobHelpers["withPgClient"] {
+    return (this._withPgClient ??= ((callback: Parameters<JobHelpers["withPgClient"]>[0]) =>
+      this.timedOut ? Promise.reject(this.timedOut) : this.helpers.withPgClient(callback)) as JobHelpers["withPgClient"]);
+  }
+
+  get enqueue(): TaskContext["enqueue"] {
+    return (this._enqueue ??= (identifier, payload, options) =>
+      this.timedOut ? Promise.reject(this.timedOut) : enqueue(this.helpers, identifier, payload, options));
+  }
+
+  expire(error: TaskTimeoutError): void {
+    this.timedOut = error;
+    this.limit?.abort(error);
+  }
+}
+
 export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
   const { history, workerId } = runtime;
   const taskLog = runtime.log.child({ task: task.identifier });
+  const timeoutMessage = `Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`;
   return async (rawPayload, helpers) => {
     const job = helpers.job;
     const id = uuidv7();
-    const jobLog = () => taskLog.child({ job: job.id, attempt: job.attempts });
     const queueName = job.job_queue_id === null ? null : await helpers.getQueueName();
     history.start({
       id,
@@ -73,59 +135,29 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       workerId,
       runAt: job.run_at ? job.run_at.getTime() : null,
       startedAt: Date.now(),
-      finishedAt: null,
       durationMs: null,
       outcome: "running",
       error: null,
       result: null,
     });
+    const ctx = new JobContext(helpers, taskLog, runtime.config);
 
     const parsed = task.payload.safeParse(withoutCronMarker(rawPayload));
     if (!parsed.success) {
       const error = `Invalid payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`;
-      jobLog().error("job rejected: invalid payload; it will not be retried", { error });
+      ctx.log.error("job rejected: invalid payload; it will not be retried", { error });
       history.finish(id, "failed_permanently", error, null);
       return;
     }
 
-    // The abort controller, the combined signal and the job's child logger are built only if
-    // the task uses them: most jobs never do, and at thousands of jobs per second they show.
-    // After the time limit the signal is aborted (even if first asked for later) and the task's
-    // database helpers refuse new queries; a query already running is ended by the worker pool's
-    // statement_timeout (see runner.ts).
-    let limit: AbortController | undefined;
-    let signal: AbortSignal | undefined;
-    let log: Logger | undefined;
-    let timedOut: TaskTimeoutError | undefined;
-    const ctx: TaskContext = {
-      job,
-      get signal() {
-        if (!signal) {
-          limit ??= new AbortController();
-          if (timedOut) limit.abort(timedOut);
-          signal = AbortSignal.any([limit.signal, helpers.abortSignal]);
-        }
-        return signal;
-      },
-      get log() {
-        return (log ??= jobLog());
-      },
-      config: runtime.config,
-      query: ((text: string, values?: unknown[]) =>
-        timedOut ? Promise.reject(timedOut) : helpers.query(text, values)) as JobHelpers["query"],
-      withPgClient: ((callback: Parameters<JobHelpers["withPgClient"]>[0]) =>
-        timedOut ? Promise.reject(timedOut) : helpers.withPgClient(callback)) as JobHelpers["withPgClient"],
-      enqueue: (identifier, payload, options) =>
-        timedOut ? Promise.reject(timedOut) : enqueue(helpers, identifier, payload, options),
-    };
     const started = performance.now();
     let timer: NodeJS.Timeout | undefined;
     try {
       const result = await new Promise<TaskResult>((resolve, reject) => {
         timer = setTimeout(() => {
-          timedOut = new TaskTimeoutError(`Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`);
-          limit?.abort(timedOut);
-          reject(timedOut);
+          const err = new TaskTimeoutError(timeoutMessage);
+          ctx.expire(err);
+          reject(err);
         }, task.timeLimitMs);
         task.run(parsed.data, ctx).then(resolve, reject);
       });

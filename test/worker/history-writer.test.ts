@@ -41,7 +41,6 @@ function record(overrides: Partial<RunRecord> = {}): RunRecord {
     workerId: "test",
     runAt: Date.now(),
     startedAt: Date.now(),
-    finishedAt: null,
     durationMs: null,
     outcome: "running",
     error: null,
