@@ -183,6 +183,44 @@ async function startTimes() {
   return { cold, warm };
 }
 
+/**
+ * CPU per no-op job spent in the Hourglass wrapper itself (validation, history bookkeeping and
+ * batch encoding, time limit), without a database: the history writer's pool is replaced by one
+ * that accepts every write. Process CPU time, so less sensitive to machine noise than wall time.
+ */
+async function wrapperCpu(): Promise<{ wrapped: number[]; plain: number[] }> {
+  const { HistoryWriter } = await import("../../src/worker/history.ts");
+  const { wrapTask } = await import("../../src/worker/wrap.ts");
+  const acceptAll = { query: async () => ({ rows: [] }) } as unknown as pg.Pool;
+  const history = new HistoryWriter(acceptAll, { flushDelayMs: defaults.history.flushDelayMs, log });
+  const wrapped = wrapTask(noop, { history, log, workerId: "bench", config: defaults });
+  const plain = async (_payload: unknown, _helpers: unknown) => {};
+  const abort = new AbortController();
+  const helpers = (i: number) =>
+    ({
+      job: { id: String(i), job_queue_id: null, run_at: new Date(), attempts: 1, max_attempts: 25, key: null },
+      abortSignal: abort.signal,
+    }) as never;
+  const N = 200_000;
+  const measure = async (fn: (p: unknown, h: never) => unknown) => {
+    const cpu0 = process.cpuUsage();
+    for (let i = 0; i < N; i += 10) {
+      await Promise.all(Array.from({ length: 10 }, (_, k) => fn({ n: i + k }, helpers(i + k))));
+    }
+    await history.flush();
+    const cpu = process.cpuUsage(cpu0);
+    return (cpu.user + cpu.system) / N;
+  };
+  const out = { wrapped: [] as number[], plain: [] as number[] };
+  await measure(wrapped); // warm-up
+  for (let i = 0; i < ROUNDS; i++) {
+    out.plain.push(await measure(plain));
+    out.wrapped.push(await measure(wrapped));
+  }
+  await history.close();
+  return out;
+}
+
 async function main() {
   let serverUrl = process.env.BENCH_DATABASE_URL;
   let server = "BENCH_DATABASE_URL";
@@ -211,6 +249,8 @@ async function main() {
   }
   console.log(`2. npm start to ready on the embedded server, ${START_ROUNDS} rounds`);
   const s = await startTimes();
+  console.log(`3. wrapper CPU per no-op job, no database, ${ROUNDS} rounds of 200000 jobs`);
+  const c = await wrapperCpu();
 
   const ratio = median(t.hgRates) / median(t.bareRates);
   const pairRatios = t.hgRates.map((h, i) => h / t.bareRates[i]!);
@@ -248,6 +288,17 @@ async function main() {
     "|---|---:|---:|",
     `| cold (fresh DATA_DIR: initdb, migrations) | ${median(s.cold).toFixed(0)} | ${range(s.cold)} |`,
     `| warm (existing cluster) | ${median(s.warm).toFixed(0)} | ${range(s.warm)} |`,
+    "",
+    "## 3. CPU per no-op job in the Hourglass wrapper (no database)",
+    "",
+    "Process CPU time per job: the wrapped task (payload validation, history bookkeeping and batch",
+    "encoding, time limit) against a plain async function called the same way; the history writer's",
+    "pool accepts every write without a database.",
+    "",
+    "| | median µs/job | range |",
+    "|---|---:|---:|",
+    `| plain async function | ${median(c.plain).toFixed(2)} | ${range(c.plain, 2)} |`,
+    `| Hourglass wrapper + history | ${median(c.wrapped).toFixed(2)} | ${range(c.wrapped, 2)} |`,
     "",
   ];
   const text = lines.join("\n");
