@@ -28,6 +28,13 @@ export interface Config {
     shutdownTimeoutMs: number;
   };
   history: { retentionDays: number; flushDelayMs: number };
+  email: {
+    /** smtp:// or smtps:// URL; null writes each message as an .eml file under DATA_DIR/mail. */
+    smtpUrl: string | null;
+    from: string;
+    /** Connection, greeting and socket timeouts for SMTP, in milliseconds. */
+    timeoutMs: number;
+  };
   log: { level: LogLevel; format: "pretty" | "json" };
   /** Set by the graphile-migrate CLI for its hooks (src/db/prepare.ts). */
   gmDatabaseUrl: string | null;
@@ -75,6 +82,21 @@ function postgresUrl(env: Env, name: string): string | null {
   }
   if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
     throw new ConfigError(`${name} must be a postgres:// URL, got protocol ${url.protocol}`);
+  }
+  return raw;
+}
+
+function smtpUrl(env: Env, name: string): string | null {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return null;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} is not a valid URL`);
+  }
+  if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
+    throw new ConfigError(`${name} must be an smtp:// or smtps:// URL, got protocol ${url.protocol}`);
   }
   return raw;
 }
@@ -138,6 +160,11 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
     log: {
       level: oneOf(env, "LOG_LEVEL", ["debug", "info", "warn", "error"], "info"),
       format: oneOf(env, "LOG_FORMAT", ["pretty", "json"], production ? "json" : "pretty"),
+    },
+    email: {
+      smtpUrl: smtpUrl(env, "SMTP_URL"),
+      from: env.EMAIL_FROM || "Hourglass <no-reply@hourglass.invalid>",
+      timeoutMs: int(env, "SMTP_TIMEOUT_MS", 10_000, 100, 600_000),
     },
     gmDatabaseUrl: postgresUrl(env, "GM_DBURL"),
   };

@@ -13,6 +13,7 @@ import { createPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
+import { createServices } from "./services.ts";
 import type { ResolvedTask } from "./task.ts";
 
 export interface WorkerOptions {
@@ -67,7 +68,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   // The history writer has one write in flight at a time, on its own connection (see history.ts).
   const historyPool = createPool(options.ownerUrl, { max: 1, name: "history", settings: "-c synchronous_commit=off" }, log);
   const history = new HistoryWriter(historyPool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
-  const runtime = { history, log, workerId, config };
+  let services: Awaited<ReturnType<typeof createServices>>;
+  try {
+    services = await createServices(config, log);
+  } catch (err) {
+    await Promise.all([pool.end(), historyPool.end()]);
+    throw err;
+  }
+  const runtime = { history, log, workerId, config, services };
   const taskList: TaskList = Object.fromEntries(selected.map((t) => [t.identifier, wrapTask(t, runtime)]));
 
   let runner: Runner;
@@ -89,6 +97,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       },
     });
   } catch (err) {
+    services.close();
     await Promise.all([pool.end(), historyPool.end()]);
     throw err;
   }
@@ -128,6 +137,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       } finally {
         clearTimeout(timeout);
         await history.close();
+        services.close();
         await Promise.all([pool.end(), historyPool.end()]);
       }
       log.info("worker stopped");

@@ -6,6 +6,7 @@ import type { Job, JobHelpers } from "graphile-worker";
 import type { z } from "zod";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
+import type { Services } from "./services.ts";
 
 /** graphile-worker runs smaller numbers first. */
 export const PRIORITY = { userFacing: 0, maintenance: 10 } as const;
@@ -26,10 +27,20 @@ export interface TaskContext {
   signal: AbortSignal;
   log: Logger;
   config: Config;
+  /** Email and other outbound edges, built when the worker started. */
+  services: Services;
   query: JobHelpers["query"];
   withPgClient: JobHelpers["withPgClient"];
   /** Enqueue a follow-up job with that task's declared defaults. */
   enqueue(identifier: string, payload: Record<string, unknown>, options?: EnqueueOptions): Promise<string>;
+}
+
+/**
+ * Throw this when retrying cannot help (bad data, a refused address, a template that cannot
+ * render): the run is recorded as failed_permanently and the job is not retried.
+ */
+export class PermanentFailure extends Error {
+  override name = "PermanentFailure";
 }
 
 const SKIPPED = Symbol("skipped");

@@ -3,14 +3,16 @@
 //
 // Outcomes: return → succeeded (or skipped); throw → failed_retrying, or failed_permanently on
 // the last attempt (graphile-worker retries with exponential backoff); time limit → timed_out
-// (retried like a failure). An invalid payload can never succeed, so it is recorded as
-// failed_permanently and the job is not retried.
+// (retried like a failure). An invalid payload or a thrown PermanentFailure can never succeed, so
+// it is recorded as failed_permanently and the job is completed, not retried (graphile-worker
+// cannot fail a job it has locked; the history keeps the payload).
 import type { JobHelpers, Task } from "graphile-worker";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { HistoryWriter } from "./history.ts";
 import { errorText, redact } from "./redact.ts";
-import { isSkipped, type EnqueueOptions, type ResolvedTask, type TaskContext, type TaskResult } from "./task.ts";
+import { isSkipped, PermanentFailure, type EnqueueOptions, type ResolvedTask, type TaskContext, type TaskResult } from "./task.ts";
+import type { Services } from "./services.ts";
 import { uuidv7 } from "../db/uuidv7.ts";
 
 export interface WrapRuntime {
@@ -18,6 +20,7 @@ export interface WrapRuntime {
   log: Logger;
   workerId: string;
   config: Config;
+  services: Services;
 }
 
 export class TaskTimeoutError extends Error {
@@ -63,6 +66,7 @@ function withoutCronMarker(payload: unknown): unknown {
 class JobContext implements TaskContext {
   readonly job: JobHelpers["job"];
   readonly config: Config;
+  readonly services: Services;
   timedOut: TaskTimeoutError | undefined;
   private readonly helpers: JobHelpers;
   private readonly taskLog: Logger;
@@ -73,11 +77,12 @@ class JobContext implements TaskContext {
   private _withPgClient: JobHelpers["withPgClient"] | undefined;
   private _enqueue: TaskContext["enqueue"] | undefined;
 
-  constructor(helpers: JobHelpers, taskLog: Logger, config: Config) {
+  constructor(helpers: JobHelpers, taskLog: Logger, runtime: WrapRuntime) {
     this.helpers = helpers;
     this.job = helpers.job;
     this.taskLog = taskLog;
-    this.config = config;
+    this.config = runtime.config;
+    this.services = runtime.services;
   }
 
   get signal(): AbortSignal {
@@ -140,7 +145,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       error: null,
       result: null,
     });
-    const ctx = new JobContext(helpers, taskLog, runtime.config);
+    const ctx = new JobContext(helpers, taskLog, runtime);
 
     const parsed = task.payload.safeParse(withoutCronMarker(rawPayload));
     if (!parsed.success) {
@@ -169,6 +174,11 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
         history.finish(id, "succeeded", null, result ? (redact(result) as Record<string, unknown>) : null);
       }
     } catch (err) {
+      if (err instanceof PermanentFailure) {
+        ctx.log.error("job failed permanently; it will not be retried", { error: errorText(err) });
+        history.finish(id, "failed_permanently", errorText(err), null);
+        return;
+      }
       const last = job.attempts >= job.max_attempts;
       const outcome = err instanceof TaskTimeoutError ? "timed_out" : last ? "failed_permanently" : "failed_retrying";
       ctx.log[last ? "error" : "warn"](last ? "job failed permanently" : "job failed; it will be retried", {

@@ -193,7 +193,9 @@ async function wrapperCpu(): Promise<{ wrapped: number[]; plain: number[] }> {
   const { wrapTask } = await import("../../src/worker/wrap.ts");
   const acceptAll = { query: async () => ({ rows: [] }) } as unknown as pg.Pool;
   const history = new HistoryWriter(acceptAll, { flushDelayMs: defaults.history.flushDelayMs, log });
-  const wrapped = wrapTask(noop, { history, log, workerId: "bench", config: defaults });
+  const { createServices } = await import("../../src/worker/services.ts");
+  const services = await createServices(defaults, log);
+  const wrapped = wrapTask(noop, { history, log, workerId: "bench", config: defaults, services });
   const plain = async (_payload: unknown, _helpers: unknown) => {};
   const abort = new AbortController();
   const helpers = (i: number) =>
@@ -218,6 +220,7 @@ async function wrapperCpu(): Promise<{ wrapped: number[]; plain: number[] }> {
     out.wrapped.push(await measure(wrapped));
   }
   await history.close();
+  services.close();
   return out;
 }
 

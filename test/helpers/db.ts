@@ -10,6 +10,7 @@ import { createLogger, workerLogger, type Logger } from "../../src/log.ts";
 import { createPool } from "../../src/db/pool.ts";
 import { HistoryWriter } from "../../src/worker/history.ts";
 import { wrapTask } from "../../src/worker/wrap.ts";
+import { createServices } from "../../src/worker/services.ts";
 import type { ResolvedTask } from "../../src/worker/task.ts";
 import { databaseUrl, testEnv, type TestRun } from "./env.ts";
 
@@ -135,7 +136,8 @@ export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], conf
   const pool = createPool(db.ownerUrl, { max: 4, name: "test-drain" }, db.log);
   const historyPool = createPool(db.ownerUrl, { max: 1, name: "test-history", settings: "-c synchronous_commit=off" }, db.log);
   const history = new HistoryWriter(historyPool, { flushDelayMs: 5, log: db.log });
-  const runtime = { history, log: db.log, workerId: "test:drain", config };
+  const services = await createServices(config, db.log);
+  const runtime = { history, log: db.log, workerId: "test:drain", config, services };
   try {
     await runOnce({
       pgPool: pool,
@@ -144,6 +146,7 @@ export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], conf
     });
     await history.close();
   } finally {
+    services.close();
     await Promise.all([pool.end(), historyPool.end()]);
   }
 }

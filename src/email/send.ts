@@ -1,0 +1,81 @@
+// Sends one recorded email (app_private.email_deliveries) at most once. The row is claimed
+// (pending -> sending) before anything goes out; a job that finds it sending, sent or failed does
+// nothing. A transient failure puts it back to pending and throws (the job retries with backoff);
+// a permanent one (5xx, or a template that cannot render) marks it failed, suppresses a refused
+// address, and fails the job without retries.
+import { createHash } from "node:crypto";
+import type { JobHelpers } from "graphile-worker";
+import type { Logger } from "../log.ts";
+import { PermanentFailure, skipped, type TaskResult } from "../worker/task.ts";
+import { errorText } from "../worker/redact.ts";
+import type { Mailer } from "./mailer.ts";
+import { fill, TemplateError } from "./render.ts";
+import { isPermanentSmtpFailure } from "./transport.ts";
+
+interface Claimed {
+  key: string;
+  template: string;
+  recipient: string;
+  data: Record<string, unknown>;
+  suppressed: boolean;
+}
+
+export async function sendDelivery(
+  deliveryId: number,
+  deps: { query: JobHelpers["query"]; mailer: Mailer; log: Logger },
+): Promise<TaskResult> {
+  const { query, mailer, log } = deps;
+  const { rows } = await query<Claimed>(
+    `update app_private.email_deliveries d set state = 'sending', attempts = d.attempts + 1
+     where d.id = $1 and d.state = 'pending'
+     returning d.key, d.template, d.recipient, d.data,
+       exists (select 1 from app_private.email_suppressions s where s.address = lower(d.recipient)) as suppressed`,
+    [deliveryId],
+  );
+  const claimed = rows[0];
+  if (!claimed) {
+    const { rows: current } = await query<{ state: string }>("select state from app_private.email_deliveries where id = $1", [deliveryId]);
+    return skipped(current[0] ? `delivery ${deliveryId} is ${current[0].state}` : `delivery ${deliveryId} does not exist`);
+  }
+  const messageId = `<${deliveryId}.${createHash("sha256").update(claimed.key).digest("hex").slice(0, 16)}@hourglass>`;
+  const mark = (state: "pending" | "failed" | "sent", error: string | null) =>
+    query(
+      `update app_private.email_deliveries set state = $2, last_error = $3,
+         message_id = case when $2 = 'sent' then $4 else message_id end,
+         sent_at = case when $2 = 'sent' then now() else sent_at end
+       where id = $1`,
+      [deliveryId, state, error, messageId],
+    );
+  if (claimed.suppressed) {
+    await mark("failed", "address suppressed");
+    return skipped(`recipient of delivery ${deliveryId} is suppressed`);
+  }
+
+  const template = mailer.templates.get(claimed.template);
+  let rendered;
+  try {
+    if (!template) throw new TemplateError(`Unknown email template ${claimed.template}`);
+    rendered = fill(template, claimed.data);
+  } catch (err) {
+    await mark("failed", errorText(err));
+    throw new PermanentFailure(`Delivery ${deliveryId} cannot be rendered: ${errorText(err)}`, { cause: err });
+  }
+
+  try {
+    await mailer.transport.send({ from: mailer.from, to: claimed.recipient, messageId, ...rendered });
+  } catch (err) {
+    if (isPermanentSmtpFailure(err)) {
+      await mark("failed", errorText(err));
+      await query(
+        "insert into app_private.email_suppressions (address, reason) values (lower($1), $2) on conflict (address) do nothing",
+        [claimed.recipient, errorText(err)],
+      );
+      log.warn("address refused permanently; suppressed", { delivery: deliveryId });
+      throw new PermanentFailure(`Delivery ${deliveryId} refused: ${errorText(err)}`, { cause: err });
+    }
+    await mark("pending", errorText(err));
+    throw err;
+  }
+  await mark("sent", null);
+  return { sent: messageId, template: claimed.template };
+}
