@@ -28,6 +28,11 @@ export interface Config {
     shutdownTimeoutMs: number;
   };
   history: { retentionDays: number; flushDelayMs: number };
+  accounts: {
+    /** Base URL of the web app; login links point to <appUrl>/login?token=... */
+    appUrl: string;
+    sessionLifetimeDays: number;
+  };
   email: {
     /** smtp:// or smtps:// URL; null writes each message as an .eml file under DATA_DIR/mail. */
     smtpUrl: string | null;
@@ -84,6 +89,20 @@ function postgresUrl(env: Env, name: string): string | null {
     throw new ConfigError(`${name} must be a postgres:// URL, got protocol ${url.protocol}`);
   }
   return raw;
+}
+
+function httpUrl(env: Env, name: string, fallback: string): string {
+  const raw = env[name] || fallback;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} is not a valid URL`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ConfigError(`${name} must be an http:// or https:// URL, got protocol ${url.protocol}`);
+  }
+  return raw.replace(/\/+$/, "");
 }
 
 function smtpUrl(env: Env, name: string): string | null {
@@ -160,6 +179,10 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
     log: {
       level: oneOf(env, "LOG_LEVEL", ["debug", "info", "warn", "error"], "info"),
       format: oneOf(env, "LOG_FORMAT", ["pretty", "json"], production ? "json" : "pretty"),
+    },
+    accounts: {
+      appUrl: httpUrl(env, "APP_URL", "http://localhost:5678"),
+      sessionLifetimeDays: int(env, "SESSION_LIFETIME_DAYS", 30, 1, 3650),
     },
     email: {
       smtpUrl: smtpUrl(env, "SMTP_URL"),

@@ -14,6 +14,7 @@ export interface PresetOptions {
   pool: pg.Pool;
   visitorRole: string;
   statementTimeoutMs: number;
+  sessionLifetimeDays: number;
   development: boolean;
   maskError: (error: GraphQLError) => GraphQLError;
 }
@@ -39,6 +40,9 @@ export function makePreset(o: PresetOptions): GraphileConfig.Preset {
           pgSettings: {
             role: o.visitorRole,
             "hourglass.session_id": sessionOf(req) ?? "",
+            // For per-client rate limits (requestLoginLink) and new sessions' lifetime (login).
+            "hourglass.client_address": req?.socket.remoteAddress ?? "",
+            "hourglass.session_lifetime": `${o.sessionLifetimeDays} days`,
             statement_timeout: String(o.statementTimeoutMs),
           },
         };

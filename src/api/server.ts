@@ -27,7 +27,7 @@ export interface ApiHandle {
 
 export interface ApiOptions {
   authUrl: string;
-  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles">;
+  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts">;
   log: Logger;
   health: HealthCheck;
 }
@@ -53,6 +53,7 @@ export async function startApi({ authUrl, config, log, health }: ApiOptions): Pr
       pool,
       visitorRole: config.roles.visitor,
       statementTimeoutMs: config.statementTimeoutMs,
+      sessionLifetimeDays: config.accounts.sessionLifetimeDays,
       development,
       maskError: makeMaskError(loadErrorCodes(), apiLog),
     }),

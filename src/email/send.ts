@@ -12,7 +12,7 @@ import type { Mailer } from "./mailer.ts";
 import { fill, TemplateError } from "./render.ts";
 import { isPermanentSmtpFailure } from "./transport.ts";
 
-interface Claimed {
+export interface Claimed {
   key: string;
   template: string;
   recipient: string;
@@ -20,11 +20,13 @@ interface Claimed {
   suppressed: boolean;
 }
 
-export async function sendDelivery(
-  deliveryId: number,
-  deps: { query: JobHelpers["query"]; mailer: Mailer; log: Logger },
-): Promise<TaskResult> {
-  const { query, mailer, log } = deps;
+export type Query = JobHelpers["query"];
+
+/**
+ * Claims a delivery for sending (pending -> sending). Null with the reason when it is not
+ * pending: it is being sent, was sent, failed, or does not exist.
+ */
+export async function claimDelivery(query: Query, deliveryId: number): Promise<Claimed | { notClaimed: string }> {
   const { rows } = await query<Claimed>(
     `update app_private.email_deliveries d set state = 'sending', attempts = d.attempts + 1
      where d.id = $1 and d.state = 'pending'
@@ -32,11 +34,53 @@ export async function sendDelivery(
        exists (select 1 from app_private.email_suppressions s where s.address = lower(d.recipient)) as suppressed`,
     [deliveryId],
   );
-  const claimed = rows[0];
-  if (!claimed) {
-    const { rows: current } = await query<{ state: string }>("select state from app_private.email_deliveries where id = $1", [deliveryId]);
-    return skipped(current[0] ? `delivery ${deliveryId} is ${current[0].state}` : `delivery ${deliveryId} does not exist`);
-  }
+  if (rows[0]) return rows[0];
+  const { rows: current } = await query<{ state: string }>("select state from app_private.email_deliveries where id = $1", [deliveryId]);
+  return { notClaimed: current[0] ? `delivery ${deliveryId} is ${current[0].state}` : `delivery ${deliveryId} does not exist` };
+}
+
+/**
+ * Records an email to send now, from the task that needs it (no send_email job). Returns the
+ * delivery id; an existing key returns the existing row's id.
+ */
+export async function recordDelivery(
+  query: Query,
+  email: { key: string; template: string; recipient: string; data: Record<string, unknown> },
+): Promise<number> {
+  const { rows } = await query<{ id: string }>(
+    `with inserted as (
+       insert into app_private.email_deliveries (key, template, recipient, data) values ($1, $2, $3, $4)
+       on conflict on constraint email_deliveries_key_key do nothing returning id
+     )
+     select id::text from inserted union all select id::text from app_private.email_deliveries where key = $1 limit 1`,
+    [email.key, email.template, email.recipient, JSON.stringify(email.data)],
+  );
+  return Number(rows[0]!.id);
+}
+
+export async function sendDelivery(deliveryId: number, deps: SendDeps): Promise<TaskResult> {
+  const claimed = await claimDelivery(deps.query, deliveryId);
+  if ("notClaimed" in claimed) return skipped(claimed.notClaimed);
+  return sendClaimed(deliveryId, claimed, deps);
+}
+
+export interface SendDeps {
+  query: Query;
+  mailer: Mailer;
+  log: Logger;
+}
+
+/**
+ * Sends a claimed delivery. `secrets` are template values that must not be stored (a login link):
+ * they are used for this rendering only, never written to the email log.
+ */
+export async function sendClaimed(
+  deliveryId: number,
+  claimed: Claimed,
+  deps: SendDeps,
+  secrets: Record<string, string> = {},
+): Promise<TaskResult> {
+  const { query, mailer, log } = deps;
   const messageId = `<${deliveryId}.${createHash("sha256").update(claimed.key).digest("hex").slice(0, 16)}@hourglass>`;
   const mark = (state: "pending" | "failed" | "sent", error: string | null) =>
     query(
@@ -55,7 +99,7 @@ export async function sendDelivery(
   let rendered;
   try {
     if (!template) throw new TemplateError(`Unknown email template ${claimed.template}`);
-    rendered = fill(template, claimed.data);
+    rendered = fill(template, { ...claimed.data, ...secrets });
   } catch (err) {
     await mark("failed", errorText(err));
     throw new PermanentFailure(`Delivery ${deliveryId} cannot be rendered: ${errorText(err)}`, { cause: err });

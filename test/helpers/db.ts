@@ -132,17 +132,17 @@ export async function listJobs(db: TestDb): Promise<QueuedJob[]> {
 }
 
 /** Runs every due job once through the real wrapper, then writes the history. */
-export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], config = testConfig(db)): Promise<void> {
-  const pool = createPool(db.ownerUrl, { max: 4, name: "test-drain" }, db.log);
-  const historyPool = createPool(db.ownerUrl, { max: 1, name: "test-history", settings: "-c synchronous_commit=off" }, db.log);
-  const history = new HistoryWriter(historyPool, { flushDelayMs: 5, log: db.log });
-  const services = await createServices(config, db.log);
-  const runtime = { history, log: db.log, workerId: "test:drain", config, services };
+export async function drainJobs(db: TestDb, tasks: readonly ResolvedTask[], config = testConfig(db), log = db.log): Promise<void> {
+  const pool = createPool(db.ownerUrl, { max: 4, name: "test-drain" }, log);
+  const historyPool = createPool(db.ownerUrl, { max: 1, name: "test-history", settings: "-c synchronous_commit=off" }, log);
+  const history = new HistoryWriter(historyPool, { flushDelayMs: 5, log });
+  const services = await createServices(config, log);
+  const runtime = { history, log, workerId: "test:drain", config, services };
   try {
     await runOnce({
       pgPool: pool,
       taskList: Object.fromEntries(tasks.map((t) => [t.identifier, wrapTask(t, runtime)])),
-      logger: workerLogger(db.log),
+      logger: workerLogger(log),
     });
     await history.close();
   } finally {

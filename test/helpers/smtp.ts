@@ -1,12 +1,16 @@
 // A real SMTP server on loopback that records what it receives and can be told, per recipient and
 // attempt, to answer with an SMTP error code (421 try later, 550 no such user).
 import { SMTPServer } from "smtp-server";
+import { simpleParser } from "mailparser";
 import type { AddressInfo } from "node:net";
 
 export interface ReceivedEmail {
   to: string;
   messageId: string;
   subject: string;
+  /** Decoded plain-text and HTML parts. */
+  text: string;
+  html: string;
   raw: string;
 }
 
@@ -18,10 +22,6 @@ export interface SmtpSink {
   close(): Promise<void>;
 }
 
-function header(raw: string, name: string): string {
-  const m = new RegExp(`^${name}:\\s*(.*)$`, "im").exec(raw);
-  return m ? m[1]!.trim() : "";
-}
 
 export async function startSmtpSink(): Promise<SmtpSink> {
   const attempts = new Map<string, number>();
@@ -48,11 +48,23 @@ export async function startSmtpSink(): Promise<SmtpSink> {
       const chunks: Buffer[] = [];
       stream.on("data", (c: Buffer) => chunks.push(c));
       stream.on("end", () => {
-        const raw = Buffer.concat(chunks).toString("utf8");
-        for (const rcpt of session.envelope.rcptTo) {
-          sink.received.push({ to: rcpt.address, messageId: header(raw, "Message-ID"), subject: header(raw, "Subject"), raw });
-        }
-        callback();
+        const raw = Buffer.concat(chunks);
+        simpleParser(raw).then(
+          (parsed) => {
+            for (const rcpt of session.envelope.rcptTo) {
+              sink.received.push({
+                to: rcpt.address,
+                messageId: parsed.messageId ?? "",
+                subject: parsed.subject ?? "",
+                text: parsed.text ?? "",
+                html: typeof parsed.html === "string" ? parsed.html : "",
+                raw: raw.toString("utf8"),
+              });
+            }
+            callback();
+          },
+          (err: Error) => callback(err),
+        );
       });
     },
   });

@@ -1,0 +1,44 @@
+// Emails a sign-in link. The token is minted here, after the email log row is claimed (so a
+// retry after a successful send never invalidates the link the user already has), and only its
+// SHA-256 is stored: the raw token exists in this process's memory and in the email, nowhere else
+// (not the job payload, the job history, the email log or a log line).
+import { createHash, randomBytes } from "node:crypto";
+import { z } from "zod";
+import { defineTask, PRIORITY, skipped } from "../src/worker/task.ts";
+import { claimDelivery, recordDelivery, sendClaimed } from "../src/email/send.ts";
+
+const TOKEN_MINUTES = 15;
+
+export default defineTask({
+  description: "Mints a single-use 15-minute login token and emails the sign-in link.",
+  payload: z.object({ userId: z.number().int().positive() }),
+  priority: PRIORITY.userFacing,
+  maxAttempts: 5,
+  timeLimitMs: 60_000,
+  async run({ userId }, { query, services, config, job, log }) {
+    const { rows } = await query<{ email: string }>("select email from app_public.users where id = $1", [userId]);
+    const user = rows[0];
+    if (!user) return skipped(`user ${userId} no longer exists`);
+
+    const deliveryId = await recordDelivery(query, {
+      key: `login_link:user:${userId}:job:${job.id}`,
+      template: "login_link",
+      recipient: user.email,
+      data: { expiresMinutes: TOKEN_MINUTES },
+    });
+    const claimed = await claimDelivery(query, deliveryId);
+    if ("notClaimed" in claimed) return skipped(claimed.notClaimed);
+
+    const token = randomBytes(32).toString("base64url");
+    await query(
+      `with invalidated as (
+         update app_private.magic_tokens set used_at = now() where user_id = $1 and used_at is null
+       )
+       insert into app_private.magic_tokens (user_id, token_hash, expires_at)
+       values ($1, $2, now() + make_interval(mins => $3))`,
+      [userId, createHash("sha256").update(token).digest(), TOKEN_MINUTES],
+    );
+    const link = `${config.accounts.appUrl}/login?token=${token}`;
+    return sendClaimed(deliveryId, claimed, { query, mailer: services.mailer, log }, { link });
+  },
+});
