@@ -32,6 +32,8 @@ export interface Config {
     /** Base URL of the web app; login links point to <appUrl>/login?token=... */
     appUrl: string;
     sessionLifetimeDays: number;
+    /** Read notifications older than this are deleted. */
+    notificationRetentionDays: number;
   };
   email: {
     /** smtp:// or smtps:// URL; null writes each message as an .eml file under DATA_DIR/mail. */
@@ -183,6 +185,7 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
     accounts: {
       appUrl: httpUrl(env, "APP_URL", "http://localhost:5678"),
       sessionLifetimeDays: int(env, "SESSION_LIFETIME_DAYS", 30, 1, 3650),
+      notificationRetentionDays: int(env, "NOTIFICATION_RETENTION_DAYS", 30, 1, 3650),
     },
     email: {
       smtpUrl: smtpUrl(env, "SMTP_URL"),

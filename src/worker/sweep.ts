@@ -18,20 +18,25 @@ export interface SweepResult {
 }
 
 /**
- * `fn` is a SQL function `(batch_size integer, out deleted integer, out remaining bigint)` —
- * a constant from the calling task, never input.
+ * `fn` is a SQL function `(batch_size integer[, args...], out deleted integer, out remaining bigint)`
+ * — a constant from the calling task, never input.
  */
 export async function sweep(
   query: JobHelpers["query"],
   fn: `app_private.sweep_${string}`,
-  options: { batchSize?: number; signal: AbortSignal; log: Logger; what: string },
+  options: { batchSize?: number; signal: AbortSignal; log: Logger; what: string; args?: unknown[] },
 ): Promise<SweepResult> {
   const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
   const deadline = Date.now() + BUDGET_MS;
   let deleted = 0;
   let remaining = 0;
   for (;;) {
-    const { rows } = await query<{ deleted: number; remaining: string }>(`select deleted, remaining from ${fn}($1)`, [batchSize]);
+    const args = options.args ?? [];
+    const placeholders = args.map((_, i) => `, $${i + 2}`).join("");
+    const { rows } = await query<{ deleted: number; remaining: string }>(
+      `select deleted, remaining from ${fn}($1${placeholders})`,
+      [batchSize, ...args],
+    );
     deleted += rows[0]!.deleted;
     remaining = Number(rows[0]!.remaining);
     if (rows[0]!.deleted < batchSize || Date.now() > deadline || options.signal.aborted) break;

@@ -27,6 +27,8 @@ export interface TaskContext {
   signal: AbortSignal;
   log: Logger;
   config: Config;
+  /** For crontab jobs, the tick this job is for (a backfilled tick is in the past). */
+  cron: { ts: Date; backfilled: boolean } | null;
   /** Email and other outbound edges, built when the worker started. */
   services: Services;
   query: JobHelpers["query"];

@@ -47,6 +47,12 @@ async function enqueue(
   return rows[0]!.id;
 }
 
+function cronOf(payload: unknown): TaskContext["cron"] {
+  const cron = (payload as { _cron?: { ts?: unknown; backfilled?: unknown } } | null)?._cron;
+  if (!cron || typeof cron.ts !== "string") return null;
+  return { ts: new Date(cron.ts), backfilled: cron.backfilled === true };
+}
+
 /** graphile-worker adds `_cron: {ts, backfilled}` to crontab jobs; schemas describe the rest. */
 function withoutCronMarker(payload: unknown): unknown {
   if (payload === null || payload === undefined) return {};
@@ -67,6 +73,7 @@ class JobContext implements TaskContext {
   readonly job: JobHelpers["job"];
   readonly config: Config;
   readonly services: Services;
+  readonly cron: TaskContext["cron"];
   timedOut: TaskTimeoutError | undefined;
   private readonly helpers: JobHelpers;
   private readonly taskLog: Logger;
@@ -77,7 +84,8 @@ class JobContext implements TaskContext {
   private _withPgClient: JobHelpers["withPgClient"] | undefined;
   private _enqueue: TaskContext["enqueue"] | undefined;
 
-  constructor(helpers: JobHelpers, taskLog: Logger, runtime: WrapRuntime) {
+  constructor(helpers: JobHelpers, taskLog: Logger, runtime: WrapRuntime, rawPayload: unknown) {
+    this.cron = cronOf(rawPayload);
     this.helpers = helpers;
     this.job = helpers.job;
     this.taskLog = taskLog;
@@ -145,7 +153,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       error: null,
       result: null,
     });
-    const ctx = new JobContext(helpers, taskLog, runtime);
+    const ctx = new JobContext(helpers, taskLog, runtime, rawPayload);
 
     const parsed = task.payload.safeParse(withoutCronMarker(rawPayload));
     if (!parsed.success) {
