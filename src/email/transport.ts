@@ -43,7 +43,8 @@ function smtpTransport(smtpUrl: string, timeoutMs: number): Transport {
     secure,
     auth: url.username ? { user: decodeURIComponent(url.username), pass: decodeURIComponent(url.password) } : undefined,
     pool: true,
-    maxConnections: 5,
+    // As many as a worker runs jobs at once by default, so sends do not queue behind each other.
+    maxConnections: 10,
     connectionTimeout: timeoutMs,
     greetingTimeout: timeoutMs,
     socketTimeout: timeoutMs,

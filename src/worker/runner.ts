@@ -13,7 +13,7 @@ import { createPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
-import { createServices } from "./services.ts";
+import { createServices, type Services } from "./services.ts";
 import type { ResolvedTask } from "./task.ts";
 
 export interface WorkerOptions {
@@ -23,6 +23,8 @@ export interface WorkerOptions {
   log: Logger;
   /** Crontab file to read; null runs no cron entries (tests that drive jobs themselves). */
   crontabFile?: string | null;
+  /** Services built by the caller (who then closes them); by default built here and closed on stop. */
+  services?: Services;
 }
 
 export interface WorkerHandle {
@@ -68,9 +70,16 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   // The history writer has one write in flight at a time, on its own connection (see history.ts).
   const historyPool = createPool(options.ownerUrl, { max: 1, name: "history", settings: "-c synchronous_commit=off" }, log);
   const history = new HistoryWriter(historyPool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
-  let services: Awaited<ReturnType<typeof createServices>>;
+  let services: Services;
+  let closeServices = () => {};
   try {
-    services = await createServices(config, log);
+    if (options.services) {
+      services = options.services;
+    } else {
+      const own = await createServices(config, log);
+      services = own;
+      closeServices = own.close;
+    }
   } catch (err) {
     await Promise.all([pool.end(), historyPool.end()]);
     throw err;
@@ -97,7 +106,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       },
     });
   } catch (err) {
-    services.close();
+    closeServices();
     await Promise.all([pool.end(), historyPool.end()]);
     throw err;
   }
@@ -137,7 +146,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       } finally {
         clearTimeout(timeout);
         await history.close();
-        services.close();
+        closeServices();
         await Promise.all([pool.end(), historyPool.end()]);
       }
       log.info("worker stopped");

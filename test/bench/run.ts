@@ -25,6 +25,7 @@ import { createDatabaseIfMissing } from "../../src/db/resolve.ts";
 import { createPool } from "../../src/db/pool.ts";
 import { startWorker } from "../../src/worker/runner.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { createServices, type Services } from "../../src/worker/services.ts";
 import { databaseUrl } from "../helpers/env.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
@@ -91,10 +92,11 @@ const noop = resolveTask("bench_noop", defineTask({
   async run() {},
 }));
 
-async function hourglass(url: string, pool: pg.Pool): Promise<number> {
+async function hourglass(url: string, pool: pg.Pool, services: Services): Promise<number> {
   await enqueue(pool, "bench_noop");
   const started = performance.now();
-  const worker = await startWorker({ ownerUrl: url, config: defaults, tasks: [noop], log, crontabFile: null });
+  // Services (email templates) are built once beforehand: a one-off start-up cost, not throughput.
+  const worker = await startWorker({ ownerUrl: url, config: defaults, tasks: [noop], log, crontabFile: null, services });
   // Done when every job is gone from the queue and every run is in the history.
   await waitFor(() => queueEmpty(pool));
   await waitFor(async () => {
@@ -117,13 +119,14 @@ async function throughput(serverUrl: string) {
   const pool = createPool(url, { max: 2, name: "bench" }, log);
   const bareRates: number[] = [];
   const hgRates: number[] = [];
+  const services = await createServices(defaults, log);
   try {
     // Each round leaves a table of dead job rows behind; without a vacuum in between (this
     // machine's server runs with autovacuum off) every round would start slower than the last.
     const settle = () => pool.query("vacuum analyze");
     for (let i = 0; i < ROUNDS; i++) {
       // Alternate which side goes first, so drift in the machine's load falls on both alike.
-      const sides = [() => bare(url, pool).then((r) => bareRates.push(r)), () => hourglass(url, pool).then((r) => hgRates.push(r))];
+      const sides = [() => bare(url, pool).then((r) => bareRates.push(r)), () => hourglass(url, pool, services).then((r) => hgRates.push(r))];
       if (i % 2) sides.reverse();
       for (const side of sides) {
         await settle();
@@ -132,6 +135,7 @@ async function throughput(serverUrl: string) {
       console.log(`  round ${i + 1}: bare ${bareRates.at(-1)!.toFixed(0)} jobs/s, hourglass ${hgRates.at(-1)!.toFixed(0)} jobs/s`);
     }
   } finally {
+    services.close();
     await pool.end();
     const admin = new pg.Client({ connectionString: serverUrl });
     await admin.connect();
@@ -193,7 +197,6 @@ async function wrapperCpu(): Promise<{ wrapped: number[]; plain: number[] }> {
   const { wrapTask } = await import("../../src/worker/wrap.ts");
   const acceptAll = { query: async () => ({ rows: [] }) } as unknown as pg.Pool;
   const history = new HistoryWriter(acceptAll, { flushDelayMs: defaults.history.flushDelayMs, log });
-  const { createServices } = await import("../../src/worker/services.ts");
   const services = await createServices(defaults, log);
   const wrapped = wrapTask(noop, { history, log, workerId: "bench", config: defaults, services });
   const plain = async (_payload: unknown, _helpers: unknown) => {};
@@ -224,6 +227,113 @@ async function wrapperCpu(): Promise<{ wrapped: number[]; plain: number[] }> {
   return out;
 }
 
+/** 4. Rendering: filling a compiled template versus a full MJML render per message. */
+async function renderRates(): Promise<{ fill: number[]; mjml: number[] }> {
+  const { compileTemplates, fill, TEMPLATES_DIR } = await import("../../src/email/render.ts");
+  const mjml2html = (await import("mjml")).default;
+  const template = (await compileTemplates()).get("notification")!;
+  const layout = await fs.readFile(path.join(TEMPLATES_DIR, "layout.mjml"), "utf8");
+  const fragment = await fs.readFile(path.join(TEMPLATES_DIR, "notification.mjml"), "utf8");
+  const out = { fill: [] as number[], mjml: [] as number[] };
+  for (let round = 0; round < ROUNDS; round++) {
+    let t0 = performance.now();
+    const fills = 20_000;
+    for (let i = 0; i < fills; i++) fill(template, { title: `Offer ${i} expired`, body: `Your offer <${i}> to ACME & co expired.` });
+    out.fill.push(fills / ((performance.now() - t0) / 1000));
+    t0 = performance.now();
+    const renders = 30;
+    for (let i = 0; i < renders; i++) {
+      const values: Record<string, string> = { title: `Offer ${i} expired`, body: `Your offer ${i} expired.`, subject: `Offer ${i}` };
+      await mjml2html(layout.replace("%%BODY%%", fragment).replace(/\{\{(\w+)\}\}/g, (_, k: string) => values[k] ?? ""), { validationLevel: "strict", minify: false });
+    }
+    out.mjml.push(renders / ((performance.now() - t0) / 1000));
+  }
+  return out;
+}
+
+/** The loopback SMTP server in a child process (see smtp-sink.ts). */
+async function smtpSinkProcess(): Promise<{ url: string; count(): Promise<number>; close(): Promise<void> }> {
+  const child = spawn(process.execPath, [path.join(import.meta.dirname, "smtp-sink.ts")], { stdio: ["pipe", "pipe", "inherit"] });
+  const lines: string[] = [];
+  const waiters: ((line: string) => void)[] = [];
+  let buffer = "";
+  child.stdout!.on("data", (d: Buffer) => {
+    buffer += d.toString();
+    let i;
+    while ((i = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, i);
+      buffer = buffer.slice(i + 1);
+      const w = waiters.shift();
+      if (w) w(line);
+      else lines.push(line);
+    }
+  });
+  const next = () => new Promise<string>((resolve) => (lines.length ? resolve(lines.shift()!) : waiters.push(resolve)));
+  const url = await next();
+  return {
+    url,
+    async count() {
+      child.stdin!.write("count\n");
+      return Number(await next());
+    },
+    async close() {
+      child.stdin!.write("close\n");
+      await new Promise((r) => child.once("exit", r));
+    },
+  };
+}
+
+/** 5. Email end to end: queue_email -> send_email job -> SMTP on loopback, all marked sent. */
+async function emailRates(serverUrl: string): Promise<number[]> {
+  const { loadTasks } = await import("../../src/worker/catalogue.ts");
+  const tasks = await loadTasks();
+  const name = `hg_bench_mail_${randomBytes(3).toString("hex")}`;
+  await createDatabaseIfMissing(serverUrl, name);
+  const url = databaseUrl(serverUrl, name);
+  const roles = { authenticator: `${name}_authenticator`, visitor: `${name}_visitor` };
+  await migrateDatabase({ ownerUrl: url, roles, authenticatorPassword: randomBytes(12).toString("hex"), resetPassword: true, log, tasks });
+  const pool = createPool(url, { max: 2, name: "bench" }, log);
+  const sink = await smtpSinkProcess();
+  const config = loadConfig({
+    NODE_ENV: "production", DATABASE_URL: url, AUTHENTICATOR_PASSWORD: "x", SMTP_URL: sink.url, LOG_LEVEL: "warn",
+  });
+  const rates: number[] = [];
+  const EMAILS = 2000;
+  const services = await createServices(config, log);
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      await pool.query(
+        `select count(app_private.queue_email('bench:' || $1 || ':' || g, 'notification', 'user' || g || '@example.com',
+           jsonb_build_object('title', 'Offer ' || g || ' expired', 'body', 'Your offer expired.')))
+         from generate_series(1, $2) g`,
+        [round, EMAILS],
+      );
+      const before = await sink.count();
+      const started = performance.now();
+      const worker = await startWorker({ ownerUrl: url, config, tasks, log, crontabFile: null, services });
+      await waitFor(async () => {
+        const { rows } = await pool.query("select count(*)::int as n from app_private.email_deliveries where key like $1 and state = 'sent'", [`bench:${round}:%`]);
+        return rows[0].n >= EMAILS;
+      });
+      rates.push(EMAILS / ((performance.now() - started) / 1000));
+      await worker.stop();
+      const received = (await sink.count()) - before;
+      if (received !== EMAILS) throw new Error(`expected ${EMAILS} messages at the SMTP server, got ${received}`);
+      console.log(`  round ${round + 1}: ${rates.at(-1)!.toFixed(0)} emails/s`);
+    }
+  } finally {
+    services.close();
+    await sink.close();
+    await pool.end();
+    const admin = new pg.Client({ connectionString: serverUrl });
+    await admin.connect();
+    await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);
+    for (const r of Object.values(roles)) await admin.query(`drop role if exists ${admin.escapeIdentifier(r)}`);
+    await admin.end();
+  }
+  return rates;
+}
+
 async function main() {
   let serverUrl = process.env.BENCH_DATABASE_URL;
   let server = "BENCH_DATABASE_URL";
@@ -244,8 +354,11 @@ async function main() {
 
   console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
   let t;
+  let e;
   try {
     t = await throughput(serverUrl);
+    console.log(`5. email end to end (queue_email -> send_email -> loopback SMTP), ${ROUNDS} rounds of 2000`);
+    e = await emailRates(serverUrl);
   } finally {
     await stop();
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
@@ -254,6 +367,8 @@ async function main() {
   const s = await startTimes();
   console.log(`3. wrapper CPU per no-op job, no database, ${ROUNDS} rounds of 200000 jobs`);
   const c = await wrapperCpu();
+  console.log(`4. email rendering, ${ROUNDS} rounds`);
+  const r = await renderRates();
 
   const ratio = median(t.hgRates) / median(t.bareRates);
   const pairRatios = t.hgRates.map((h, i) => h / t.bareRates[i]!);
@@ -273,7 +388,7 @@ async function main() {
     "",
     `Same database, same settings (Hourglass defaults: concurrency ${defaults.worker.concurrency}, local queue ${defaults.worker.localQueueSize},`,
     "completion/failure batching 0 ms); each round runs both sides, in alternating order, after a VACUUM.",
-    "Timed from worker start until the queue is empty and,",
+    "Timed from worker start (email templates compiled beforehand, a one-off start-up cost) until the queue is empty and,",
     "for Hourglass, every run is written to `app_public.job_runs`.",
     "",
     "| | median jobs/s | range |",
@@ -302,6 +417,23 @@ async function main() {
     "|---|---:|---:|",
     `| plain async function | ${median(c.plain).toFixed(2)} | ${range(c.plain, 2)} |`,
     `| Hourglass wrapper + history | ${median(c.wrapped).toFixed(2)} | ${range(c.wrapped, 2)} |`,
+    "",
+    "## 4. Email rendering (template `notification`)",
+    "",
+    "| | median per second | range | goal |",
+    "|---|---:|---:|---|",
+    `| fill a compiled template (HTML-escaped values, text part, subject) | ${median(r.fill).toFixed(0)} | ${range(r.fill)} | > 10,000 |`,
+    `| full MJML render per message | ${median(r.mjml).toFixed(0)} | ${range(r.mjml)} | |`,
+    "",
+    "## 5. Email end to end",
+    "",
+    "2,000 emails queued with `app_private.queue_email`, sent by a worker with the shipped defaults through",
+    "`send_email` (claim, render, SMTP, mark sent) to a loopback SMTP server (smtp-server, counting, in its",
+    "own process); timed from worker start (templates compiled beforehand) until every delivery is `sent`.",
+    "",
+    "| | median emails/s | range | goal |",
+    "|---|---:|---:|---|",
+    `| end to end | ${median(e).toFixed(0)} | ${range(e)} | ≥ 500 |`,
     "",
   ];
   const text = lines.join("\n");

@@ -23,9 +23,11 @@ export interface SmtpSink {
 }
 
 
-export async function startSmtpSink(): Promise<SmtpSink> {
+/** `parse: false` only counts messages (for benchmarks: parsing would compete with the sender). */
+export async function startSmtpSink(options: { parse?: boolean } = {}): Promise<SmtpSink & { count: number }> {
   const attempts = new Map<string, number>();
-  const sink: SmtpSink = {
+  const sink: SmtpSink & { count: number } = {
+    count: 0,
     url: "",
     received: [],
     policy: () => null,
@@ -48,6 +50,8 @@ export async function startSmtpSink(): Promise<SmtpSink> {
       const chunks: Buffer[] = [];
       stream.on("data", (c: Buffer) => chunks.push(c));
       stream.on("end", () => {
+        sink.count += session.envelope.rcptTo.length;
+        if (options.parse === false) return callback();
         const raw = Buffer.concat(chunks);
         simpleParser(raw).then(
           (parsed) => {
