@@ -78,49 +78,26 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
   return raw as T;
 }
 
-function postgresUrl(env: Env, name: string): string | null {
+/** A URL with one of the given schemes, or null when unset. */
+function url(env: Env, name: string, schemes: readonly string[]): string | null {
   const raw = env[name];
   if (raw === undefined || raw === "") return null;
-  let url: URL;
+  let parsed: URL;
   try {
-    url = new URL(raw);
+    parsed = new URL(raw);
   } catch {
     throw new ConfigError(`${name} is not a valid URL`);
   }
-  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
-    throw new ConfigError(`${name} must be a postgres:// URL, got protocol ${url.protocol}`);
+  if (!schemes.includes(parsed.protocol.slice(0, -1))) {
+    throw new ConfigError(`${name} must be a ${schemes.map((s) => `${s}://`).join(" or ")} URL, got protocol ${parsed.protocol}`);
   }
   return raw;
 }
 
-function httpUrl(env: Env, name: string, fallback: string): string {
-  const raw = env[name] || fallback;
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new ConfigError(`${name} is not a valid URL`);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new ConfigError(`${name} must be an http:// or https:// URL, got protocol ${url.protocol}`);
-  }
-  return raw.replace(/\/+$/, "");
-}
-
-function smtpUrl(env: Env, name: string): string | null {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return null;
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new ConfigError(`${name} is not a valid URL`);
-  }
-  if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
-    throw new ConfigError(`${name} must be an smtp:// or smtps:// URL, got protocol ${url.protocol}`);
-  }
-  return raw;
-}
+const postgresUrl = (env: Env, name: string) => url(env, name, ["postgres", "postgresql"]);
+const smtpUrl = (env: Env, name: string) => url(env, name, ["smtp", "smtps"]);
+const httpUrl = (env: Env, name: string, fallback: string) =>
+  (url(env, name, ["http", "https"]) ?? fallback).replace(/\/+$/, "");
 
 function roleName(env: Env, name: string, fallback: string): string {
   const value = env[name] || fallback;

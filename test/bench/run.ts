@@ -24,7 +24,7 @@ import { migrateDatabase } from "../../src/db/migrate.ts";
 import { createDatabaseIfMissing } from "../../src/db/resolve.ts";
 import { createPool } from "../../src/db/pool.ts";
 import { startWorker } from "../../src/worker/runner.ts";
-import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/task.ts";
 import { createServices, type Services } from "../../src/worker/services.ts";
 import { databaseUrl } from "../helpers/env.ts";
 
@@ -64,6 +64,24 @@ async function enqueue(pool: pg.Pool, task: string) {
 async function queueEmpty(pool: pg.Pool) {
   const { rows } = await pool.query("select not exists (select 1 from graphile_worker.jobs) as empty");
   return rows[0].empty as boolean;
+}
+
+/** A database of its own for one benchmark, migrated, with run-scoped roles. */
+async function benchDatabase(serverUrl: string, prefix: string, tasks: ResolvedTask[]) {
+  const name = `${prefix}_${randomBytes(3).toString("hex")}`;
+  await createDatabaseIfMissing(serverUrl, name);
+  const url = databaseUrl(serverUrl, name);
+  const roles = { authenticator: `${name}_authenticator`, visitor: `${name}_visitor` };
+  await migrateDatabase({ ownerUrl: url, roles, authenticatorPassword: randomBytes(12).toString("hex"), resetPassword: true, log, tasks });
+  return { name, url, roles };
+}
+
+async function dropBenchDatabase(serverUrl: string, name: string, roles: Record<string, string>) {
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);
+  for (const r of Object.values(roles)) await admin.query(`drop role if exists ${admin.escapeIdentifier(r)}`);
+  await admin.end();
 }
 
 async function bare(url: string, pool: pg.Pool): Promise<number> {
@@ -111,11 +129,7 @@ async function hourglass(url: string, pool: pg.Pool, services: Services): Promis
 }
 
 async function throughput(serverUrl: string) {
-  const name = `hg_bench_${randomBytes(3).toString("hex")}`;
-  await createDatabaseIfMissing(serverUrl, name);
-  const url = databaseUrl(serverUrl, name);
-  const roles = { authenticator: `${name}_authenticator`, visitor: `${name}_visitor` };
-  await migrateDatabase({ ownerUrl: url, roles, authenticatorPassword: randomBytes(12).toString("hex"), resetPassword: true, log, tasks: [noop] });
+  const { name, url, roles } = await benchDatabase(serverUrl, "hg_bench", [noop]);
   const pool = createPool(url, { max: 2, name: "bench" }, log);
   const bareRates: number[] = [];
   const hgRates: number[] = [];
@@ -137,11 +151,7 @@ async function throughput(serverUrl: string) {
   } finally {
     services.close();
     await pool.end();
-    const admin = new pg.Client({ connectionString: serverUrl });
-    await admin.connect();
-    await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);
-    for (const r of Object.values(roles)) await admin.query(`drop role if exists ${admin.escapeIdentifier(r)}`);
-    await admin.end();
+    await dropBenchDatabase(serverUrl, name, roles);
   }
   return { bareRates, hgRates };
 }
@@ -287,11 +297,7 @@ async function smtpSinkProcess(): Promise<{ url: string; count(): Promise<number
 async function emailRates(serverUrl: string): Promise<number[]> {
   const { loadTasks } = await import("../../src/worker/catalogue.ts");
   const tasks = await loadTasks();
-  const name = `hg_bench_mail_${randomBytes(3).toString("hex")}`;
-  await createDatabaseIfMissing(serverUrl, name);
-  const url = databaseUrl(serverUrl, name);
-  const roles = { authenticator: `${name}_authenticator`, visitor: `${name}_visitor` };
-  await migrateDatabase({ ownerUrl: url, roles, authenticatorPassword: randomBytes(12).toString("hex"), resetPassword: true, log, tasks });
+  const { name, url, roles } = await benchDatabase(serverUrl, "hg_bench_mail", tasks);
   const pool = createPool(url, { max: 2, name: "bench" }, log);
   const sink = await smtpSinkProcess();
   const config = loadConfig({
@@ -325,11 +331,7 @@ async function emailRates(serverUrl: string): Promise<number[]> {
     services.close();
     await sink.close();
     await pool.end();
-    const admin = new pg.Client({ connectionString: serverUrl });
-    await admin.connect();
-    await admin.query(`drop database ${admin.escapeIdentifier(name)} with (force)`);
-    for (const r of Object.values(roles)) await admin.query(`drop role if exists ${admin.escapeIdentifier(r)}`);
-    await admin.end();
+    await dropBenchDatabase(serverUrl, name, roles);
   }
   return rates;
 }
