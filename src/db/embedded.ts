@@ -14,6 +14,9 @@ import path from "node:path";
 import pg from "pg";
 import type { Logger } from "../log.ts";
 
+/** The server and initdb get a fixed, minimal environment (C locale for stable messages), not ours. */
+const POSTGRES_ENV = { LC_ALL: "C" };
+
 interface Binaries {
   initdb: string;
   postgres: string;
@@ -90,7 +93,7 @@ async function runAsFor(dir: string): Promise<RunAs | undefined> {
 
 function run(cmd: string, args: string[], runAs: RunAs | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { ...runAs, env: { ...process.env, LC_ALL: "C" }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, args, { ...runAs, env: POSTGRES_ENV, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     child.stdout.on("data", (d) => (out += d));
     child.stderr.on("data", (d) => (out += d));
@@ -149,7 +152,7 @@ export async function startEmbedded({ dir, port, log }: EmbeddedOptions): Promis
     bin.postgres,
     ["-D", dir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"],
     // Own process group: a terminal Ctrl-C must not stop the server before we are done with it.
-    { ...runAs, detached: true, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, LC_ALL: "C" } },
+    { ...runAs, detached: true, stdio: ["ignore", "ignore", "pipe"], env: POSTGRES_ENV },
   );
   const output: string[] = [];
   child.stderr!.on("data", (d: Buffer) => {
