@@ -32,6 +32,13 @@ export function loadErrorCodes(file = ERROR_CODES_FILE): Set<string> {
   return codes;
 }
 
+/** Logs an unexpected error under a fresh reference and returns what a client may see of it. */
+export function unexpected(log: Logger, msg: string, err: unknown, fields: Record<string, unknown> = {}) {
+  const reference = randomBytes(6).toString("hex");
+  log.error(msg, { reference, ...fields, err });
+  return { message: `An unexpected error occurred (reference ${reference}).`, extensions: { code: "INTERNAL_ERROR", reference } };
+}
+
 function rebuilt(error: GraphQLError, message: string, extensions: Record<string, unknown>): GraphQLError {
   return new GraphQLError(message, {
     nodes: error.nodes,
@@ -60,8 +67,7 @@ export function makeMaskError(codes: ReadonlySet<string>, log: Logger): (error: 
         });
       }
     }
-    const reference = randomBytes(6).toString("hex");
-    log.error("masked an unexpected error in a GraphQL request", { reference, path: error.path?.join("."), err: original });
-    return rebuilt(error, `An unexpected error occurred (reference ${reference}).`, { code: "INTERNAL_ERROR", reference });
+    const masked = unexpected(log, "masked an unexpected error in a GraphQL request", original, { path: error.path?.join(".") });
+    return rebuilt(error, masked.message, masked.extensions);
   };
 }

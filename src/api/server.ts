@@ -1,5 +1,4 @@
 // The HTTP server: /graphql (PostGraphile), /graphiql in development, /healthz for probes.
-import { randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
@@ -10,7 +9,7 @@ import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { createPool } from "../db/pool.ts";
 import { authenticate } from "./auth.ts";
-import { loadErrorCodes, makeMaskError } from "./errors.ts";
+import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 
 export interface HealthCheck {
@@ -80,9 +79,7 @@ export async function startApi({ authUrl, config, log, health }: ApiOptions): Pr
   // would send the stack outside production).
   app.use((err: unknown, _req: express.Request, res: express.Response, next: express.NextFunction) => {
     if (res.headersSent) return next(err);
-    const reference = randomBytes(6).toString("hex");
-    apiLog.error("request failed", { reference, err });
-    res.status(500).json({ errors: [{ message: `An unexpected error occurred (reference ${reference}).`, extensions: { code: "INTERNAL_ERROR", reference } }] });
+    res.status(500).json({ errors: [unexpected(apiLog, "request failed", err)] });
   });
   // Schema build errors surface here rather than on the first request.
   await pgl.getSchema();

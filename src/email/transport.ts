@@ -24,10 +24,6 @@ export interface Transport {
   close(): void;
 }
 
-export class PermanentEmailError extends Error {
-  override name = "PermanentEmailError";
-}
-
 /** True when the receiving server refused for good (SMTP 5xx). */
 export function isPermanentSmtpFailure(err: unknown): boolean {
   const code = (err as { responseCode?: unknown }).responseCode;

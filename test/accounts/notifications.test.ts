@@ -50,17 +50,12 @@ describe("notifications", () => {
     const b = await createUser(db);
     const sa = await signIn(db, a.id);
     const sb = await signIn(db, b.id);
-    const client = await db.pool.connect();
-    try {
-      await client.query("begin");
-      await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [db.run.roles.visitor, sa.sessionId]);
-      await client.query("insert into app_public.notification_preferences (type, email) values ('offer.sent', false)");
-      await expect(client.query("insert into app_public.notification_preferences (user_id, type) values ($1, 'x')", [b.id])).rejects.toMatchObject({ code: "42501" });
-      await client.query("rollback to savepoint s").catch(() => {});
-    } finally {
-      await client.query("rollback");
-      client.release();
-    }
+    // A user can set their own preference; naming another user is refused by the column grants.
+    await asVisitor(db, sa.sessionId, async (c) => {
+      await c.query("insert into app_public.notification_preferences (type, email) values ('offer.sent', false)");
+      expect((await c.query("select user_id::text from app_public.notification_preferences")).rows).toEqual([{ user_id: a.id }]);
+      await expect(c.query("insert into app_public.notification_preferences (user_id, type) values ($1, 'x')", [b.id])).rejects.toMatchObject({ code: "42501" });
+    });
     await db.pool.query("insert into app_public.notification_preferences (user_id, type, email) values ($1, 'offer.sent', false)", [a.id]);
     expect(await asVisitor(db, sb.sessionId, async (c) => (await c.query("select * from app_public.notification_preferences")).rows)).toEqual([]);
     expect(await asVisitor(db, sa.sessionId, async (c) => (await c.query("select type, email from app_public.notification_preferences")).rows)).toEqual([
