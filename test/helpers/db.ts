@@ -178,3 +178,23 @@ export async function jobRuns(db: TestDb, task?: string): Promise<JobRun[]> {
 export async function makeJobsDue(db: TestDb): Promise<void> {
   await db.pool.query("select graphile_worker.reschedule_jobs(array(select id from graphile_worker.jobs), run_at := now())");
 }
+
+/** Runs fn in a transaction as the visitor role with the given session, and commits it. */
+export async function asUser<T>(db: TestDb, sessionId: string | null, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await db.pool.connect();
+  try {
+    await client.query("begin");
+    await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [
+      db.run.roles.visitor,
+      sessionId ?? "",
+    ]);
+    const result = await fn(client);
+    await client.query("commit");
+    return result;
+  } catch (err) {
+    await client.query("rollback");
+    throw err;
+  } finally {
+    client.release();
+  }
+}
