@@ -23,6 +23,8 @@ export interface Config {
     concurrency: number;
     localQueueSize: number;
     pollIntervalMs: number;
+    /** Wake at each future job's run_at instead of finding it at the next poll (src/worker/wake.ts). */
+    exactWake: boolean;
     /** Only these task identifiers; null: every task in tasks/. */
     tasks: string[] | null;
     shutdownTimeoutMs: number;
@@ -148,6 +150,7 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
       concurrency: int(env, "WORKER_CONCURRENCY", 10, 1, 1000),
       localQueueSize: int(env, "WORKER_LOCAL_QUEUE_SIZE", 500, -1, 100_000),
       pollIntervalMs: int(env, "WORKER_POLL_INTERVAL_MS", 2000, 100, 600_000),
+      exactWake: oneOf(env, "WORKER_EXACT_WAKE", ["true", "false"], "true") === "true",
       tasks: list(env, "WORKER_TASKS"),
       shutdownTimeoutMs: int(env, "SHUTDOWN_TIMEOUT_MS", 30_000, 1000, 3_600_000),
     },

@@ -4,8 +4,9 @@
 // graphile-worker 0.18 can leave a job that completes during shutdown locked for four hours when
 // the runner ends its own pool before the completion is written. We pass our own pool and end it
 // only after the runner has fully stopped and the job history is flushed.
+import { EventEmitter } from "node:events";
 import os from "node:os";
-import { run, type Runner, type TaskList } from "graphile-worker";
+import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { workerLogger, type Logger } from "../log.ts";
@@ -14,6 +15,7 @@ import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
 import { createServices, type Services } from "./services.ts";
+import { WakeScheduler } from "./wake.ts";
 import type { ResolvedTask } from "./task.ts";
 
 export interface WorkerOptions {
@@ -32,6 +34,8 @@ export interface WorkerHandle {
   runner: Runner;
   pool: pg.Pool;
   history: HistoryWriter;
+  /** Exact wake-ups for future jobs; null when WORKER_EXACT_WAKE=false. */
+  wake: WakeScheduler | null;
   /** True until the runner stops (by stop() or by a fatal error). */
   isRunning(): boolean;
   /** Graceful: finish running jobs, return unstarted ones, write history, end the pool. */
@@ -87,10 +91,15 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const runtime = { history, log, workerId, config, services };
   const taskList: TaskList = Object.fromEntries(selected.map((t) => [t.identifier, wrapTask(t, runtime)]));
 
+  const events: WorkerEvents = new EventEmitter();
+  const wake = w.exactWake ? new WakeScheduler(pool, { log: log.child({ component: "wake" }), concurrency: w.concurrency }) : null;
+  wake?.attach(events);
+
   let runner: Runner;
   try {
     runner = await run({
       pgPool: pool,
+      events,
       taskList,
       parsedCronItems,
       concurrency: w.concurrency,
@@ -111,6 +120,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     throw err;
   }
 
+  await wake?.start();
   let running = true;
   const finished = runner.promise.then(
     () => {
@@ -127,6 +137,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     cron: parsedCronItems.length,
     concurrency: w.concurrency,
     localQueue: w.localQueueSize,
+    exactWake: w.exactWake,
   });
 
   let stopping: Promise<void> | undefined;
@@ -137,6 +148,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
         void runner.kill().catch(() => {});
       }, w.shutdownTimeoutMs);
+      wake?.stop();
       try {
         // A runner that already died (its promise rejected) refuses stop(); its cleanup below still runs.
         if (running) await runner.stop();
@@ -152,5 +164,5 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       log.info("worker stopped");
     })());
 
-  return { workerId, runner, pool, history, isRunning: () => running, stop };
+  return { workerId, runner, pool, history, wake, isRunning: () => running, stop };
 }

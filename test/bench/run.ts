@@ -6,9 +6,13 @@
 //     graphile-worker with the same settings, on the same database, in the same run.
 //  2. `npm start` to ready on the embedded server: cold (fresh DATA_DIR: initdb + migrations) and
 //     warm (existing cluster).
+//  3. CPU per job in the wrapper; 4. email rendering; 5. email end to end.
+//  6. Offers: expiry lateness, trigger cost of a bulk send, overdue sweep (test/bench/offers.ts).
 //
 // Environment: BENCH_DATABASE_URL (superuser; default: an embedded server in a temp directory),
-// BENCH_JOBS (default 50000), BENCH_ROUNDS (default 7), BENCH_START_ROUNDS (default 3).
+// BENCH_JOBS (default 50000), BENCH_ROUNDS (default 7), BENCH_START_ROUNDS (default 3),
+// BENCH_OFFERS_ROUNDS (default 3), BENCH_SECTIONS (default 1,2,3,4,5,6: which sections to run; the
+// results file then holds those only).
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
@@ -27,6 +31,7 @@ import { startWorker } from "../../src/worker/runner.ts";
 import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/task.ts";
 import { createServices, type Services } from "../../src/worker/services.ts";
 import { databaseUrl } from "../helpers/env.ts";
+import { bulkCosts, expiryLateness, type BenchHelpers, type Lateness } from "./offers.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const JOBS = Number(process.env.BENCH_JOBS ?? 50_000);
@@ -336,6 +341,9 @@ async function emailRates(serverUrl: string): Promise<number[]> {
   return rates;
 }
 
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2,3,4,5,6").split(",").map((x) => x.trim()));
+const OFFERS_ROUNDS = Number(process.env.BENCH_OFFERS_ROUNDS ?? 3);
+
 async function main() {
   let serverUrl = process.env.BENCH_DATABASE_URL;
   let server = "BENCH_DATABASE_URL";
@@ -354,26 +362,50 @@ async function main() {
   const pgVersion = (await client.query("show server_version")).rows[0].server_version as string;
   await client.end();
 
-  console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
+  const helpers: BenchHelpers = { log, benchDatabase, dropBenchDatabase, median, waitFor };
   let t;
   let e;
+  let lateExact: Lateness | undefined;
+  let latePoll: Lateness | undefined;
+  let bulk;
   try {
-    t = await throughput(serverUrl);
-    console.log(`5. email end to end (queue_email -> send_email -> loopback SMTP), ${ROUNDS} rounds of 2000`);
-    e = await emailRates(serverUrl);
+    if (SECTIONS.has("1")) {
+      console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
+      t = await throughput(serverUrl);
+    }
+    if (SECTIONS.has("5")) {
+      console.log(`5. email end to end (queue_email -> send_email -> loopback SMTP), ${ROUNDS} rounds of 2000`);
+      e = await emailRates(serverUrl);
+    }
+    if (SECTIONS.has("6")) {
+      console.log("6a. offer expiry lateness, 10000 offers over 60 s: exact wake-ups, then polling only");
+      lateExact = await expiryLateness(serverUrl, helpers, true);
+      console.log(`  exact wake-ups: p50 ${lateExact.p50.toFixed(1)} ms, p99 ${lateExact.p99.toFixed(1)} ms, max ${lateExact.max.toFixed(1)} ms`);
+      latePoll = await expiryLateness(serverUrl, helpers, false);
+      console.log(`  polling only: p50 ${latePoll.p50.toFixed(1)} ms, p99 ${latePoll.p99.toFixed(1)} ms, max ${latePoll.max.toFixed(1)} ms`);
+      console.log(`6b/6c. bulk send trigger cost and overdue sweep on 1,000,000 offers, ${OFFERS_ROUNDS} rounds`);
+      bulk = await bulkCosts(serverUrl, helpers, OFFERS_ROUNDS);
+    }
   } finally {
     await stop();
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   }
-  console.log(`2. npm start to ready on the embedded server, ${START_ROUNDS} rounds`);
-  const s = await startTimes();
-  console.log(`3. wrapper CPU per no-op job, no database, ${ROUNDS} rounds of 200000 jobs`);
-  const c = await wrapperCpu();
-  console.log(`4. email rendering, ${ROUNDS} rounds`);
-  const r = await renderRates();
+  let st;
+  if (SECTIONS.has("2")) {
+    console.log(`2. npm start to ready on the embedded server, ${START_ROUNDS} rounds`);
+    st = await startTimes();
+  }
+  let c;
+  if (SECTIONS.has("3")) {
+    console.log(`3. wrapper CPU per no-op job, no database, ${ROUNDS} rounds of 200000 jobs`);
+    c = await wrapperCpu();
+  }
+  let r;
+  if (SECTIONS.has("4")) {
+    console.log(`4. email rendering, ${ROUNDS} rounds`);
+    r = await renderRates();
+  }
 
-  const ratio = median(t.hgRates) / median(t.bareRates);
-  const pairRatios = t.hgRates.map((h, i) => h / t.bareRates[i]!);
   const cpu = os.cpus()[0]?.model ?? "unknown CPU";
   const lines = [
     "# Benchmarks",
@@ -384,60 +416,135 @@ async function main() {
     `- Date: ${new Date().toISOString()}`,
     `- Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
     `- PostgreSQL ${pgVersion} (${server})`,
-    `- Command: \`npm run bench\` (BENCH_JOBS=${JOBS}, BENCH_ROUNDS=${ROUNDS}, BENCH_START_ROUNDS=${START_ROUNDS})`,
-    "",
-    "## 1. No-op job throughput: Hourglass wrapper with job history vs bare graphile-worker",
-    "",
-    `Same database, same settings (Hourglass defaults: concurrency ${defaults.worker.concurrency}, local queue ${defaults.worker.localQueueSize},`,
-    "completion/failure batching 0 ms); each round runs both sides, in alternating order, after a VACUUM.",
-    "Timed from worker start (email templates compiled beforehand, a one-off start-up cost) until the queue is empty and,",
-    "for Hourglass, every run is written to `app_public.job_runs`.",
-    "",
-    "| | median jobs/s | range |",
-    "|---|---:|---:|",
-    `| bare graphile-worker 0.18 | ${median(t.bareRates).toFixed(0)} | ${range(t.bareRates)} |`,
-    `| Hourglass (wrapper + history) | ${median(t.hgRates).toFixed(0)} | ${range(t.hgRates)} |`,
-    `| ratio of medians | ${(ratio * 100).toFixed(1)}% | goal ≥ 80% |`,
-    `| median of per-round ratios | ${(median(pairRatios) * 100).toFixed(1)}% | ${range(pairRatios.map((r) => r * 100), 1)}% |`,
-    "",
-    "## 2. `npm start` to ready (embedded PostgreSQL, API + worker)",
-    "",
-    "Timed from spawning `node src/main.ts` to its \"Hourglass is ready\" log line.",
-    "",
-    "| | median ms | range |",
-    "|---|---:|---:|",
-    `| cold (fresh DATA_DIR: initdb, migrations) | ${median(s.cold).toFixed(0)} | ${range(s.cold)} |`,
-    `| warm (existing cluster) | ${median(s.warm).toFixed(0)} | ${range(s.warm)} |`,
-    "",
-    "## 3. CPU per no-op job in the Hourglass wrapper (no database)",
-    "",
-    "Process CPU time per job: the wrapped task (payload validation, history bookkeeping and batch",
-    "encoding, time limit) against a plain async function called the same way; the history writer's",
-    "pool accepts every write without a database.",
-    "",
-    "| | median µs/job | range |",
-    "|---|---:|---:|",
-    `| plain async function | ${median(c.plain).toFixed(2)} | ${range(c.plain, 2)} |`,
-    `| Hourglass wrapper + history | ${median(c.wrapped).toFixed(2)} | ${range(c.wrapped, 2)} |`,
-    "",
-    "## 4. Email rendering (template `notification`)",
-    "",
-    "| | median per second | range | goal |",
-    "|---|---:|---:|---|",
-    `| fill a compiled template (HTML-escaped values, text part, subject) | ${median(r.fill).toFixed(0)} | ${range(r.fill)} | > 10,000 |`,
-    `| full MJML render per message | ${median(r.mjml).toFixed(0)} | ${range(r.mjml)} | |`,
-    "",
-    "## 5. Email end to end",
-    "",
-    "2,000 emails queued with `app_private.queue_email`, sent by a worker with the shipped defaults through",
-    "`send_email` (claim, render, SMTP, mark sent) to a loopback SMTP server (smtp-server, counting, in its",
-    "own process); timed from worker start (templates compiled beforehand) until every delivery is `sent`.",
-    "",
-    "| | median emails/s | range | goal |",
-    "|---|---:|---:|---|",
-    `| end to end | ${median(e).toFixed(0)} | ${range(e)} | ≥ 500 |`,
+    `- Command: \`npm run bench\` (BENCH_SECTIONS=${[...SECTIONS].join(",")}, BENCH_JOBS=${JOBS}, BENCH_ROUNDS=${ROUNDS}, BENCH_START_ROUNDS=${START_ROUNDS}, BENCH_OFFERS_ROUNDS=${OFFERS_ROUNDS})`,
     "",
   ];
+  if (t) {
+    const ratio = median(t.hgRates) / median(t.bareRates);
+    const pairRatios = t.hgRates.map((h, i) => h / t.bareRates[i]!);
+    lines.push(
+      "## 1. No-op job throughput: Hourglass wrapper with job history vs bare graphile-worker",
+      "",
+      `Same database, same settings (Hourglass defaults: concurrency ${defaults.worker.concurrency}, local queue ${defaults.worker.localQueueSize},`,
+      "completion/failure batching 0 ms); each round runs both sides, in alternating order, after a VACUUM.",
+      "Timed from worker start (email templates compiled beforehand, a one-off start-up cost) until the queue is empty and,",
+      "for Hourglass, every run is written to `app_public.job_runs`.",
+      "",
+      "| | median jobs/s | range |",
+      "|---|---:|---:|",
+      `| bare graphile-worker 0.18 | ${median(t.bareRates).toFixed(0)} | ${range(t.bareRates)} |`,
+      `| Hourglass (wrapper + history) | ${median(t.hgRates).toFixed(0)} | ${range(t.hgRates)} |`,
+      `| ratio of medians | ${(ratio * 100).toFixed(1)}% | goal ≥ 80% |`,
+      `| median of per-round ratios | ${(median(pairRatios) * 100).toFixed(1)}% | ${range(pairRatios.map((x) => x * 100), 1)}% |`,
+      "",
+    );
+  }
+  if (st) {
+    lines.push(
+      "## 2. `npm start` to ready (embedded PostgreSQL, API + worker)",
+      "",
+      "Timed from spawning `node src/main.ts` to its \"Hourglass is ready\" log line.",
+      "",
+      "| | median ms | range |",
+      "|---|---:|---:|",
+      `| cold (fresh DATA_DIR: initdb, migrations) | ${median(st.cold).toFixed(0)} | ${range(st.cold)} |`,
+      `| warm (existing cluster) | ${median(st.warm).toFixed(0)} | ${range(st.warm)} |`,
+      "",
+    );
+  }
+  if (c) {
+    lines.push(
+      "## 3. CPU per no-op job in the Hourglass wrapper (no database)",
+      "",
+      "Process CPU time per job: the wrapped task (payload validation, history bookkeeping and batch",
+      "encoding, time limit) against a plain async function called the same way; the history writer's",
+      "pool accepts every write without a database.",
+      "",
+      "| | median µs/job | range |",
+      "|---|---:|---:|",
+      `| plain async function | ${median(c.plain).toFixed(2)} | ${range(c.plain, 2)} |`,
+      `| Hourglass wrapper + history | ${median(c.wrapped).toFixed(2)} | ${range(c.wrapped, 2)} |`,
+      "",
+    );
+  }
+  if (r) {
+    lines.push(
+      "## 4. Email rendering (template `notification`)",
+      "",
+      "| | median per second | range | goal |",
+      "|---|---:|---:|---|",
+      `| fill a compiled template (HTML-escaped values, text part, subject) | ${median(r.fill).toFixed(0)} | ${range(r.fill)} | > 10,000 |`,
+      `| full MJML render per message | ${median(r.mjml).toFixed(0)} | ${range(r.mjml)} | |`,
+      "",
+    );
+  }
+  if (e) {
+    lines.push(
+      "## 5. Email end to end",
+      "",
+      "2,000 emails queued with `app_private.queue_email`, sent by a worker with the shipped defaults through",
+      "`send_email` (claim, render, SMTP, mark sent) to a loopback SMTP server (smtp-server, counting, in its",
+      "own process); timed from worker start (templates compiled beforehand) until every delivery is `sent`.",
+      "",
+      "| | median emails/s | range | goal |",
+      "|---|---:|---:|---|",
+      `| end to end | ${median(e).toFixed(0)} | ${range(e)} | ≥ 500 |`,
+      "",
+    );
+  }
+  if (lateExact && latePoll && bulk) {
+    const tr = bulk.trigger;
+    const ratios = tr.all.map((a, i) => a / tr.bare[i]!);
+    const perRow = (ms: number) => ((ms * 1000) / tr.rows).toFixed(1);
+    const late = (name: string, l: Lateness) => `| ${name} | ${l.n} | ${l.p50.toFixed(1)} | ${l.p99.toFixed(1)} | ${l.max.toFixed(1)} |`;
+    lines.push(
+      "## 6. Offers",
+      "",
+      "### 6a. Expiry lateness",
+      "",
+      "10,000 offers sent in one statement with expires_at spread evenly over 60 seconds (the first 5 s out);",
+      "a worker with the shipped defaults runs their `offers__expire` jobs. Lateness = when the update to EXPIRED",
+      "committed (clock_timestamp() in a bench-only trigger) − expires_at. Each expiry also enqueues its",
+      "notification fan-out job, so the worker runs two jobs per offer.",
+      "",
+      "| | offers | p50 ms | p99 ms | max ms |",
+      "|---|---:|---:|---:|---:|",
+      late("exact wake-ups (default)", lateExact),
+      late(`polling only (WORKER_EXACT_WAKE=false, poll ${defaults.worker.pollIntervalMs} ms)`, latePoll),
+      "",
+      "Goal p99 ≤ 1 s, stretch ≤ 100 ms. The source system's hourly sweep averages 30 minutes late.",
+      "",
+      "### 6b. Trigger cost of a bulk send",
+      "",
+      `\`update app_public.offers set status = 'SENT' where status = 'DRAFT'\` on ${tr.rows.toLocaleString("en")} drafts in a table of`,
+      `${tr.tableRows.toLocaleString("en")} offers, rolled back after each run (VACUUM between runs). With every trigger, the statement`,
+      "schedules 100,000 keyed `offers__expire` jobs and 100 notification fan-out jobs. Without triggers, the same",
+      "statement also sets sent_at and expires_at (which the row rules would).",
+      "",
+      "| | median ms | range | µs per row |",
+      "|---|---:|---:|---:|",
+      `| no triggers | ${median(tr.bare).toFixed(0)} | ${range(tr.bare)} | ${perRow(median(tr.bare))} |`,
+      `| row rules only (statement triggers off) | ${median(tr.rulesOnly).toFixed(0)} | ${range(tr.rulesOnly)} | ${perRow(median(tr.rulesOnly))} |`,
+      `| all triggers (rules, expiry jobs, notifications) | ${median(tr.all).toFixed(0)} | ${range(tr.all)} | ${perRow(median(tr.all))} |`,
+      `| ratio all / none, median of per-round ratios | ${median(ratios).toFixed(2)}× | ${range(ratios, 2)}× | goal ≤ 3×, stretch ≤ 2× |`,
+      "",
+      "### 6c. Overdue sweep",
+      "",
+      `\`app_private.sweep_overdue_offers(1000)\` on the same table (after 6b): ${bulk.sweep.overdue.toLocaleString("en")} SENT offers overdue`,
+      "with no job (1%), 90,000 SENT and due later, the rest drafts or expired.",
+      "",
+      "| | median ms | range | total ms |",
+      "|---|---:|---:|---:|",
+      `| per batch of 1000 (${bulk.sweep.batchMs.length} calls) | ${median(bulk.sweep.batchMs).toFixed(1)} | ${range(bulk.sweep.batchMs, 1)} | ${bulk.sweep.totalMs.toFixed(0)} |`,
+      "",
+      "Plan of the batch selection (before the sweep ran):",
+      "",
+      "```",
+      ...bulk.sweep.plan,
+      "```",
+      "",
+    );
+  }
   const text = lines.join("\n");
   await fs.writeFile(path.join(ROOT, "BENCHMARKS.md"), text);
   console.log("\n" + text);
