@@ -1,5 +1,5 @@
 --! Previous: sha1:d4a2e23c454aef0e26ebf1b67a95879aa5ce0e23
---! Hash: sha1:6df8608cb8ba2610481ed051ed9b55beda867dee
+--! Hash: sha1:1d6abfdc9c58ed77bc1c2368fdade3a9e875458d
 --! Message: offers
 
 -- Offers marketplace. Why: the source system expired offers with an hourly sweep (up to an hour
@@ -18,6 +18,8 @@ drop function if exists app_public.withdraw_offer(bigint, text);
 drop function if exists app_public.send_offer(bigint);
 drop function if exists app_public.update_offer(bigint, text, date, date, integer);
 drop function if exists app_public.create_offer(bigint, text, date, date, integer, text);
+drop function if exists app_private.check_offer_content(text, date, date, integer);
+drop function if exists app_private.answerable_offer(bigint, text);
 drop function if exists app_private.load_offer_for(bigint, text);
 drop trigger if exists _600_after_delete on app_public.offers;
 drop trigger if exists _500_after_update on app_public.offers;
@@ -552,6 +554,43 @@ begin
 end;
 $$;
 
+-- A SENT offer the signed-in worker may still answer (accept or decline), locked.
+create function app_private.answerable_offer(offer_id bigint, verb text) returns app_public.offers
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_offer app_public.offers := app_private.load_offer_for(offer_id, 'worker');
+begin
+  if v_offer.status = 'SENT' and v_offer.expires_at <= now() or v_offer.status = 'EXPIRED' then
+    raise exception 'Offer % has expired', offer_id using errcode = 'OFEXD';
+  end if;
+  if v_offer.status <> 'SENT' then
+    raise exception 'Offer % is % and cannot be %', offer_id, v_offer.status, verb using errcode = 'OFSNT';
+  end if;
+  return v_offer;
+end;
+$$;
+
+-- The rules for what a company writes into an offer, as coded errors (the table's checks would
+-- only say CHECK_VIOLATION).
+create function app_private.check_offer_content(message text, start_date date, end_date date, expiration_days integer) returns void
+language plpgsql immutable
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  if start_date is null or end_date is null or end_date < start_date then
+    raise exception 'end_date must be on or after start_date' using errcode = 'OFDAT';
+  end if;
+  if expiration_days is null or expiration_days not between 1 and 365 then
+    raise exception 'expiration_days must be between 1 and 365' using errcode = 'OFEXP';
+  end if;
+  if length(coalesce(message, '')) > 5000 then
+    raise exception 'message is longer than 5000 characters' using errcode = 'OFMSG';
+  end if;
+end;
+$$;
+
 create function app_public.create_offer(
   application_id bigint, message text, start_date date, end_date date,
   expiration_days integer default 7, external_ref text default null
@@ -572,15 +611,7 @@ begin
   if exists (select 1 from app_public.offers o where o.application_id = create_offer.application_id) then
     raise exception 'Application % already has an offer', application_id using errcode = 'OFDUP';
   end if;
-  if start_date is null or end_date is null or end_date < start_date then
-    raise exception 'end_date must be on or after start_date' using errcode = 'OFDAT';
-  end if;
-  if expiration_days is null or expiration_days not between 1 and 365 then
-    raise exception 'expiration_days must be between 1 and 365' using errcode = 'OFEXP';
-  end if;
-  if length(coalesce(message, '')) > 5000 then
-    raise exception 'message is longer than 5000 characters' using errcode = 'OFMSG';
-  end if;
+  perform app_private.check_offer_content(message, start_date, end_date, expiration_days);
   insert into app_public.offers (application_id, message, start_date, end_date, expiration_days, external_ref)
   values (create_offer.application_id, coalesce(message, ''), start_date, end_date, expiration_days, external_ref)
   returning * into v_offer;
@@ -600,15 +631,7 @@ begin
   if v_offer.status not in ('DRAFT', 'SENT', 'EXPIRED') then
     raise exception 'Offer % is % and can no longer be changed', offer_id, v_offer.status using errcode = 'OFFIN';
   end if;
-  if start_date is null or end_date is null or end_date < start_date then
-    raise exception 'end_date must be on or after start_date' using errcode = 'OFDAT';
-  end if;
-  if expiration_days is null or expiration_days not between 1 and 365 then
-    raise exception 'expiration_days must be between 1 and 365' using errcode = 'OFEXP';
-  end if;
-  if length(coalesce(message, '')) > 5000 then
-    raise exception 'message is longer than 5000 characters' using errcode = 'OFMSG';
-  end if;
+  perform app_private.check_offer_content(message, start_date, end_date, expiration_days);
   -- Changing a sent or expired offer renews it: SENT again, with a fresh answer window.
   update app_public.offers o set
     message = coalesce(update_offer.message, ''),
@@ -665,14 +688,8 @@ language plpgsql volatile security definer
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_offer app_public.offers := app_private.load_offer_for(offer_id, 'worker');
+  v_offer app_public.offers := app_private.answerable_offer(offer_id, 'accepted');
 begin
-  if v_offer.status = 'SENT' and v_offer.expires_at <= now() or v_offer.status = 'EXPIRED' then
-    raise exception 'Offer % has expired', offer_id using errcode = 'OFEXD';
-  end if;
-  if v_offer.status <> 'SENT' then
-    raise exception 'Offer % is % and cannot be accepted', offer_id, v_offer.status using errcode = 'OFSNT';
-  end if;
   update app_public.offers o set status = 'ACCEPTED', is_read = true where o.id = offer_id returning * into v_offer;
   return v_offer;
 end;
@@ -684,14 +701,8 @@ language plpgsql volatile security definer
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_offer app_public.offers := app_private.load_offer_for(offer_id, 'worker');
+  v_offer app_public.offers := app_private.answerable_offer(offer_id, 'declined');
 begin
-  if v_offer.status = 'SENT' and v_offer.expires_at <= now() or v_offer.status = 'EXPIRED' then
-    raise exception 'Offer % has expired', offer_id using errcode = 'OFEXD';
-  end if;
-  if v_offer.status <> 'SENT' then
-    raise exception 'Offer % is % and cannot be declined', offer_id, v_offer.status using errcode = 'OFSNT';
-  end if;
   if reason is null or reason not in ('RATE_TOO_LOW', 'DATES_UNAVAILABLE', 'ACCEPTED_ANOTHER_OFFER', 'LOCATION', 'OTHER') then
     raise exception 'A reason is required: RATE_TOO_LOW, DATES_UNAVAILABLE, ACCEPTED_ANOTHER_OFFER, LOCATION or OTHER' using errcode = 'OFRSN';
   end if;

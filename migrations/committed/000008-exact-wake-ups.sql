@@ -1,5 +1,5 @@
---! Previous: sha1:6df8608cb8ba2610481ed051ed9b55beda867dee
---! Hash: sha1:2f80168fdad8bdb2fb31f2d0a8463e01ee3b3634
+--! Previous: sha1:1d6abfdc9c58ed77bc1c2368fdade3a9e875458d
+--! Hash: sha1:5cf3813b8fd40441faaaa30858046bc9c04175ae
 --! Message: exact wake-ups
 
 -- Exact wake-ups for future jobs. Why: graphile-worker notices that a scheduled job has become

@@ -9,12 +9,15 @@ export interface PoolOptions {
   name: string;
   /** Server settings for every connection, e.g. "-c synchronous_commit=off". */
   settings?: string;
+  /** Connections kept open when idle (the rest close after 10 s idle). */
+  min?: number;
 }
 
 export function createPool(connectionString: string, options: PoolOptions, log: Logger): pg.Pool {
   const pool = new pg.Pool({
     connectionString,
     max: options.max,
+    min: options.min ?? 0,
     application_name: `hourglass-${options.name}`,
     ...(options.settings ? { options: options.settings } : {}),
   });
@@ -31,4 +34,13 @@ export function withCredentials(connectionString: string, user: string, password
   url.username = encodeURIComponent(user);
   url.password = encodeURIComponent(password);
   return url.toString();
+}
+
+/**
+ * Opens `n` connections now, so that the first burst of work does not also pay for starting
+ * server backends (several milliseconds each). With `min` they then stay open.
+ */
+export async function warmPool(pool: pg.Pool, n: number): Promise<void> {
+  const clients = await Promise.all(Array.from({ length: n }, () => pool.connect()));
+  for (const c of clients) c.release();
 }

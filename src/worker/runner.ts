@@ -10,7 +10,7 @@ import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-wor
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { workerLogger, type Logger } from "../log.ts";
-import { createPool } from "../db/pool.ts";
+import { createPool, warmPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
@@ -66,6 +66,8 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     options.ownerUrl,
     {
       max: w.concurrency + 3,
+      // Kept open: a job that becomes due after a quiet spell should not wait for a new backend.
+      min: w.concurrency,
       name: "worker",
       settings: `-c statement_timeout=${longest} -c idle_in_transaction_session_timeout=${longest}`,
     },
@@ -120,7 +122,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     throw err;
   }
 
-  await wake?.start();
+  await Promise.all([wake?.start(), warmPool(pool, w.concurrency)]);
   let running = true;
   const finished = runner.promise.then(
     () => {

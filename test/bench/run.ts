@@ -31,7 +31,7 @@ import { startWorker } from "../../src/worker/runner.ts";
 import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/task.ts";
 import { createServices, type Services } from "../../src/worker/services.ts";
 import { databaseUrl } from "../helpers/env.ts";
-import { bulkCosts, expiryLateness, type BenchHelpers, type Lateness } from "./offers.ts";
+import { bulkCosts, expiryLateness, type BenchHelpers, type Lateness, type LatenessRun } from "./offers.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const JOBS = Number(process.env.BENCH_JOBS ?? 50_000);
@@ -365,8 +365,8 @@ async function main() {
   const helpers: BenchHelpers = { log, benchDatabase, dropBenchDatabase, median, waitFor };
   let t;
   let e;
-  let lateExact: Lateness | undefined;
-  let latePoll: Lateness | undefined;
+  let lateExact: LatenessRun | undefined;
+  let latePoll: LatenessRun | undefined;
   let bulk;
   try {
     if (SECTIONS.has("1")) {
@@ -380,9 +380,9 @@ async function main() {
     if (SECTIONS.has("6")) {
       console.log("6a. offer expiry lateness, 10000 offers over 60 s: exact wake-ups, then polling only");
       lateExact = await expiryLateness(serverUrl, helpers, true);
-      console.log(`  exact wake-ups: p50 ${lateExact.p50.toFixed(1)} ms, p99 ${lateExact.p99.toFixed(1)} ms, max ${lateExact.max.toFixed(1)} ms`);
+      console.log(`  exact wake-ups: p50 ${lateExact.all.p50.toFixed(1)} ms, p99 ${lateExact.all.p99.toFixed(1)} ms, max ${lateExact.all.max.toFixed(1)} ms`);
       latePoll = await expiryLateness(serverUrl, helpers, false);
-      console.log(`  polling only: p50 ${latePoll.p50.toFixed(1)} ms, p99 ${latePoll.p99.toFixed(1)} ms, max ${latePoll.max.toFixed(1)} ms`);
+      console.log(`  polling only: p50 ${latePoll.all.p50.toFixed(1)} ms, p99 ${latePoll.all.p99.toFixed(1)} ms, max ${latePoll.all.max.toFixed(1)} ms`);
       console.log(`6b/6c. bulk send trigger cost and overdue sweep on 1,000,000 offers, ${OFFERS_ROUNDS} rounds`);
       bulk = await bulkCosts(serverUrl, helpers, OFFERS_ROUNDS);
     }
@@ -495,8 +495,10 @@ async function main() {
   if (lateExact && latePoll && bulk) {
     const tr = bulk.trigger;
     const ratios = tr.all.map((a, i) => a / tr.bare[i]!);
+    const spreadRatios = tr.spreadAll.map((a, i) => a / tr.spreadBare[i]!);
     const perRow = (ms: number) => ((ms * 1000) / tr.rows).toFixed(1);
-    const late = (name: string, l: Lateness) => `| ${name} | ${l.n} | ${l.p50.toFixed(1)} | ${l.p99.toFixed(1)} | ${l.max.toFixed(1)} |`;
+    const late = (name: string, which: string, l: Lateness) =>
+      `| ${name} | ${which} | ${l.n} | ${l.p50.toFixed(1)} | ${l.p99.toFixed(1)} | ${l.max.toFixed(1)} |`;
     lines.push(
       "## 6. Offers",
       "",
@@ -507,12 +509,18 @@ async function main() {
       "committed (clock_timestamp() in a bench-only trigger) − expires_at. Each expiry also enqueues its",
       "notification fan-out job, so the worker runs two jobs per offer.",
       "",
-      "| | offers | p50 ms | p99 ms | max ms |",
-      "|---|---:|---:|---:|---:|",
-      late("exact wake-ups (default)", lateExact),
-      late(`polling only (WORKER_EXACT_WAKE=false, poll ${defaults.worker.pollIntervalMs} ms)`, latePoll),
+      "| | offers | n | p50 ms | p99 ms | max ms |",
+      "|---|---|---:|---:|---:|---:|",
+      late("exact wake-ups (default)", "all", lateExact.all),
+      late("exact wake-ups (default)", "due 2 s or more after the first", lateExact.warm),
+      late(`polling only (WORKER_EXACT_WAKE=false, poll ${defaults.worker.pollIntervalMs} ms)`, "all", latePoll.all),
+      late(`polling only (WORKER_EXACT_WAKE=false, poll ${defaults.worker.pollIntervalMs} ms)`, "due 2 s or more after the first", latePoll.warm),
       "",
-      "Goal p99 ≤ 1 s, stretch ≤ 100 ms. The source system's hourly sweep averages 30 minutes late.",
+      "Goal p99 ≤ 1 s, stretch ≤ 100 ms. The source system's hourly sweep averages 30 minutes late. The worker",
+      "starts with the run, so the first offers meet fresh server backends: each compiles the PL/pgSQL of the",
+      "offers triggers and of graphile-worker on its first job (tens of milliseconds, ten connections at once on",
+      "two cores); the second row leaves those first 2 seconds out. A long-running worker keeps its",
+      "connections open (pool `min` = concurrency).",
       "",
       "### 6b. Trigger cost of a bulk send",
       "",
@@ -527,6 +535,15 @@ async function main() {
       `| row rules only (statement triggers off) | ${median(tr.rulesOnly).toFixed(0)} | ${range(tr.rulesOnly)} | ${perRow(median(tr.rulesOnly))} |`,
       `| all triggers (rules, expiry jobs, notifications) | ${median(tr.all).toFixed(0)} | ${range(tr.all)} | ${perRow(median(tr.all))} |`,
       `| ratio all / none, median of per-round ratios | ${median(ratios).toFixed(2)}× | ${range(ratios, 2)}× | goal ≤ 3×, stretch ≤ 2× |`,
+      "",
+      `The issue's reference conditions — ${tr.spreadRows.toLocaleString("en")} rows spread over the same table (\`... and id % 10 = 0\`, a sequential`,
+      "scan of the table either way):",
+      "",
+      "| | median ms | range |",
+      "|---|---:|---:|",
+      `| no triggers | ${median(tr.spreadBare).toFixed(0)} | ${range(tr.spreadBare)} |`,
+      `| all triggers | ${median(tr.spreadAll).toFixed(0)} | ${range(tr.spreadAll)} |`,
+      `| ratio, median of per-round ratios | ${median(spreadRatios).toFixed(2)}× | ${range(spreadRatios, 2)}× |`,
       "",
       "### 6c. Overdue sweep",
       "",

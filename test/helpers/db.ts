@@ -95,15 +95,20 @@ export async function signIn(db: TestDb, userId: string, lifetime = "30 days") {
   return { token, sessionId: s[0]!.id };
 }
 
+/** Begins a transaction as the visitor role with the given session (as the API does per request). */
+async function beginAsVisitor(db: TestDb, client: pg.PoolClient, sessionId: string | null): Promise<void> {
+  await client.query("begin");
+  await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [
+    db.run.roles.visitor,
+    sessionId ?? "",
+  ]);
+}
+
 /** Runs fn in a transaction as the visitor role with the given session, then rolls back. */
 export async function asVisitor<T>(db: TestDb, sessionId: string | null, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await db.pool.connect();
   try {
-    await client.query("begin");
-    await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [
-      db.run.roles.visitor,
-      sessionId ?? "",
-    ]);
+    await beginAsVisitor(db, client, sessionId);
     return await fn(client);
   } finally {
     await client.query("rollback");
@@ -183,11 +188,7 @@ export async function makeJobsDue(db: TestDb): Promise<void> {
 export async function asUser<T>(db: TestDb, sessionId: string | null, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await db.pool.connect();
   try {
-    await client.query("begin");
-    await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [
-      db.run.roles.visitor,
-      sessionId ?? "",
-    ]);
+    await beginAsVisitor(db, client, sessionId);
     const result = await fn(client);
     await client.query("commit");
     return result;

@@ -159,6 +159,15 @@ describe("offers__expire_overdue (the hourly safety net)", () => {
   });
 
   it("finds overdue offers through the partial index, not a scan of the table", async () => {
+    // A realistic mix: many SENT offers not yet due (and the 10,000 withdrawn ones from above).
+    const c = await createCompany(db);
+    await db.pool.query(
+      `with w as (insert into app_public.workers (name) select 'later ' || g from generate_series(1, 5000) g returning id),
+            a as (insert into app_public.job_applications (job_id, worker_id) select $1, w.id from w returning id)
+       insert into app_public.offers (application_id, start_date, end_date, status, expires_at)
+       select a.id, '2030-01-01', '2030-01-31', 'SENT', now() + interval '3 days' from a`,
+      [c.jobId],
+    );
     await db.pool.query("analyze app_public.offers");
     const { rows } = await db.pool.query(
       "explain select id from app_public.offers where status = 'SENT' and expires_at <= now() order by expires_at limit 1000",
