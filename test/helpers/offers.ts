@@ -10,7 +10,7 @@ export interface Person {
   token: string;
 }
 
-async function person(db: TestDb): Promise<Person> {
+export async function person(db: TestDb): Promise<Person> {
   const u = await createUser(db);
   return { ...u, ...(await signIn(db, u.id)) };
 }
