@@ -407,18 +407,8 @@ async function main() {
   }
 
   const cpu = os.cpus()[0]?.model ?? "unknown CPU";
-  const lines = [
-    "# Benchmarks",
-    "",
-    "Written by `npm run bench` (test/bench/run.ts). Medians over repeated rounds in one run; ranges are min–max.",
-    "These machines are noisy: compare figures from the same run, not across runs.",
-    "",
-    `- Date: ${new Date().toISOString()}`,
-    `- Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
-    `- PostgreSQL ${pgVersion} (${server})`,
-    `- Command: \`npm run bench\` (BENCH_SECTIONS=${[...SECTIONS].join(",")}, BENCH_JOBS=${JOBS}, BENCH_ROUNDS=${ROUNDS}, BENCH_START_ROUNDS=${START_ROUNDS}, BENCH_OFFERS_ROUNDS=${OFFERS_ROUNDS})`,
-    "",
-  ];
+  const runLine = `_Measured ${new Date().toISOString()} on ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, PostgreSQL ${pgVersion} (${server}); \`npm run bench\` with BENCH_SECTIONS=${[...SECTIONS].join(",")}, BENCH_JOBS=${JOBS}, BENCH_ROUNDS=${ROUNDS}, BENCH_START_ROUNDS=${START_ROUNDS}, BENCH_OFFERS_ROUNDS=${OFFERS_ROUNDS}._`;
+  const lines: string[] = [];
   if (t) {
     const ratio = median(t.hgRates) / median(t.bareRates);
     const pairRatios = t.hgRates.map((h, i) => h / t.bareRates[i]!);
@@ -562,9 +552,39 @@ async function main() {
       "",
     );
   }
-  const text = lines.join("\n");
-  await fs.writeFile(path.join(ROOT, "BENCHMARKS.md"), text);
-  console.log("\n" + text);
+  const fresh = splitSections(lines.join("\n"), runLine);
+  const file = path.join(ROOT, "BENCHMARKS.md");
+  const kept = splitSections(await fs.readFile(file, "utf8").catch(() => ""), null);
+  const merged = new Map([...kept, ...fresh].sort((a, b) => a[0] - b[0]));
+  const text = [BENCHMARKS_HEADER, ...merged.values()].join("\n");
+  await fs.writeFile(file, text);
+  console.log("\n" + [...fresh.values()].join("\n"));
+}
+
+const BENCHMARKS_HEADER = [
+  "# Benchmarks",
+  "",
+  "Written by `npm run bench` (test/bench/run.ts). Medians over repeated rounds in one run; ranges are min–max.",
+  "A run replaces the sections it measured (all, or those in BENCH_SECTIONS) and keeps the others; each section",
+  "says when and where it was measured. These machines are noisy: compare figures within a section, not across runs.",
+  "",
+].join("\n");
+
+/** Sections of a results text by number ("## 6. ..."); a fresh section gets its run line under its heading. */
+function splitSections(text: string, runLine: string | null): Map<number, string> {
+  const sections = new Map<number, string>();
+  const parts = text.split(/^(?=## \d+\. )/m).filter((p) => /^## \d+\. /.test(p));
+  for (const part of parts) {
+    const n = Number(/^## (\d+)\./.exec(part)![1]);
+    const body = part.replace(/\n*$/, "\n");
+    if (!runLine) {
+      sections.set(n, body);
+      continue;
+    }
+    const [heading, ...rest] = body.split("\n");
+    sections.set(n, [heading, "", runLine, ...rest].join("\n"));
+  }
+  return sections;
 }
 
 await main();
