@@ -1,6 +1,7 @@
 // The one place that reads the environment. Everything else receives a Config.
 // Every variable is documented in README.md ("Configuration"); a bad value fails
 // start-up with a message that names the variable.
+import ipaddr from "ipaddr.js";
 import path from "node:path";
 
 export type Env = Record<string, string | undefined>;
@@ -43,6 +44,14 @@ export interface Config {
     from: string;
     /** Connection, greeting and socket timeouts for SMTP, in milliseconds. */
     timeoutMs: number;
+  };
+  webhooks: {
+    /** CIDR ranges delivery may connect to even though they are private or loopback (development, tests). */
+    allowedNetworks: string[];
+    /** Whole request, connect to last byte read. */
+    timeoutMs: number;
+    /** Delivered and failed events older than this are deleted. */
+    outboxRetentionHours: number;
   };
   log: { level: LogLevel; format: "pretty" | "json" };
   /** Set by the graphile-migrate CLI for its hooks (src/db/prepare.ts). */
@@ -121,6 +130,20 @@ function list(env: Env, name: string): string[] | null {
   return items;
 }
 
+function cidrs(env: Env, name: string): string[] {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === "") return [];
+  const items = raw.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const item of items) {
+    try {
+      ipaddr.parseCIDR(item);
+    } catch {
+      throw new ConfigError(`${name} must be a comma-separated list of CIDR ranges (e.g. 127.0.0.0/8,::1/128), got ${JSON.stringify(item)}`);
+    }
+  }
+  return items;
+}
+
 export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config {
   const mode = oneOf(env, "NODE_ENV", ["development", "production", "test"], "development");
   const production = mode === "production";
@@ -166,6 +189,11 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
       appUrl: httpUrl(env, "APP_URL", "http://localhost:5678"),
       sessionLifetimeDays: int(env, "SESSION_LIFETIME_DAYS", 30, 1, 3650),
       notificationRetentionDays: int(env, "NOTIFICATION_RETENTION_DAYS", 30, 1, 3650),
+    },
+    webhooks: {
+      allowedNetworks: cidrs(env, "WEBHOOK_ALLOWED_NETWORKS"),
+      timeoutMs: int(env, "WEBHOOK_TIMEOUT_MS", 15_000, 100, 600_000),
+      outboxRetentionHours: int(env, "OUTBOX_RETENTION_HOURS", 168, 1, 87_600),
     },
     email: {
       smtpUrl: smtpUrl(env, "SMTP_URL"),

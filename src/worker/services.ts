@@ -3,13 +3,26 @@
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { createMailer, type Mailer } from "../email/mailer.ts";
+import { createDeliverer, type Deliverer } from "../webhooks/deliver.ts";
 
 export interface Services {
   mailer: Mailer;
+  webhooks: Deliverer;
 }
 
 export async function createServices(config: Config, log: Logger): Promise<Services & { close(): void }> {
   const mailer = await createMailer(config, log.child({ component: "email" }));
   log.info("email ready", { transport: mailer.transport.description, templates: [...mailer.templates.keys()].join(",") });
-  return { mailer, close: () => mailer.close() };
+  const webhooks = createDeliverer(config.webhooks);
+  if (config.webhooks.allowedNetworks.length) {
+    log.warn("webhook deliveries may reach these private networks", { networks: config.webhooks.allowedNetworks.join(",") });
+  }
+  return {
+    mailer,
+    webhooks,
+    close: () => {
+      mailer.close();
+      webhooks.close();
+    },
+  };
 }
