@@ -45,6 +45,14 @@ export interface Config {
     /** Connection, greeting and socket timeouts for SMTP, in milliseconds. */
     timeoutMs: number;
   };
+  uploads: {
+    /** Where POST /uploads stores files: DATA_DIR/uploads (the worker deletes them from there). */
+    dir: string;
+    ttlHours: number;
+    maxBytes: number;
+    /** file.expiring is emitted this long before a file expires. */
+    expiringWindowHours: number;
+  };
   webhooks: {
     /** CIDR ranges delivery may connect to even though they are private or loopback (development, tests). */
     allowedNetworks: string[];
@@ -189,6 +197,12 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
       appUrl: httpUrl(env, "APP_URL", "http://localhost:5678"),
       sessionLifetimeDays: int(env, "SESSION_LIFETIME_DAYS", 30, 1, 3650),
       notificationRetentionDays: int(env, "NOTIFICATION_RETENTION_DAYS", 30, 1, 3650),
+    },
+    uploads: {
+      dir: path.join(path.resolve(cwd, env.DATA_DIR || ".data"), "uploads"),
+      ttlHours: int(env, "FILE_UPLOAD_TTL_HOURS", 24, 1, 87_600),
+      maxBytes: int(env, "FILE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024, 1, 1024 * 1024 * 1024),
+      expiringWindowHours: int(env, "FILE_EXPIRING_WINDOW_HOURS", 6, 1, 8760),
     },
     webhooks: {
       allowedNetworks: cidrs(env, "WEBHOOK_ALLOWED_NETWORKS"),

@@ -1,4 +1,5 @@
-// The HTTP server: /graphql (PostGraphile), /graphiql in development, /healthz for probes.
+// The HTTP server: /graphql (PostGraphile), /graphiql in development, /healthz for probes,
+// POST /uploads for files.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
@@ -11,6 +12,7 @@ import { createPool } from "../db/pool.ts";
 import { authenticate } from "./auth.ts";
 import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
+import { uploadHandler } from "./uploads.ts";
 
 export interface HealthCheck {
   /** null: this process runs no worker. */
@@ -26,7 +28,7 @@ export interface ApiHandle {
 
 export interface ApiOptions {
   authUrl: string;
-  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts">;
+  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads">;
   log: Logger;
   health: HealthCheck;
 }
@@ -71,6 +73,7 @@ export async function startApi({ authUrl, config, log, health }: ApiOptions): Pr
     });
   });
   app.use("/graphql", authenticate(pool, apiLog));
+  app.post("/uploads", authenticate(pool, apiLog), uploadHandler(pool, config, apiLog));
 
   const server = createServer(app);
   const serv = pgl.createServ(grafserv);

@@ -1,0 +1,81 @@
+// POST /uploads: a signed-in user uploads one file (multipart/form-data, field "file"). The file is
+// streamed to DATA_DIR/uploads under a random name, at most FILE_UPLOAD_MAX_BYTES, then recorded in
+// app_public.upload_files as that user (row-level security applies); if it cannot be recorded, the
+// file is removed, so nothing is left half-written. Owners list their files through GraphQL.
+import { randomUUID } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import fs from "node:fs/promises";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import busboy from "busboy";
+import type { Request, Response } from "express";
+import type pg from "pg";
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { sessionOf } from "./auth.ts";
+import { unexpected } from "./errors.ts";
+
+class TooLarge extends Error {}
+
+function fail(res: Response, status: number, code: string, message: string) {
+  res.status(status).json({ errors: [{ message, extensions: { code } }] });
+}
+
+export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "roles">, log: Logger) {
+  return async (req: Request, res: Response) => {
+    const sessionId = sessionOf(req);
+    if (!sessionId) return fail(res, 401, "UNAUTHENTICATED", "Sign in to upload.");
+    if (!req.headers["content-type"]?.startsWith("multipart/form-data")) {
+      return fail(res, 415, "UNSUPPORTED_MEDIA_TYPE", "Send multipart/form-data with one field named file.");
+    }
+    await fs.mkdir(config.uploads.dir, { recursive: true });
+    const storageKey = randomUUID();
+    const file = path.join(config.uploads.dir, storageKey);
+    let stored: { name: string; type: string; size: number } | null = null;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: config.uploads.maxBytes, fields: 0 } });
+        const writes: Promise<void>[] = [];
+        bb.on("file", (field, stream, info) => {
+          if (field !== "file" || stored) {
+            stream.resume();
+            return;
+          }
+          let size = 0;
+          stream.on("data", (chunk: Buffer) => (size += chunk.length));
+          stream.on("limit", () => reject(new TooLarge()));
+          const entry = { name: info.filename ?? "upload", type: info.mimeType, size: 0 };
+          stored = entry;
+          writes.push(pipeline(stream, createWriteStream(file, { flags: "wx" })).then(() => void (entry.size = size)));
+        });
+        bb.on("error", reject);
+        bb.on("close", () => Promise.all(writes).then(() => resolve(), reject));
+        req.pipe(bb);
+      });
+      const upload = stored as { name: string; type: string; size: number } | null;
+      if (!upload) return fail(res, 400, "NO_FILE", "No field named file in the form.");
+      const client = await pool.connect();
+      try {
+        await client.query("begin");
+        await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [config.roles.visitor, sessionId]);
+        const { rows } = await client.query(
+          `select id::text as "rowId", name, size::int, content_type as "contentType", expires_at as "expiresAt"
+           from app_hidden.record_upload($1, $2, $3, $4, $5::interval)`,
+          [storageKey, upload.name, upload.size, upload.type, `${config.uploads.ttlHours} hours`],
+        );
+        await client.query("commit");
+        log.info("file uploaded", { file: rows[0].rowId, bytes: upload.size });
+        res.status(201).json(rows[0]);
+      } catch (err) {
+        await client.query("rollback").catch(() => {});
+        throw err;
+      } finally {
+        client.release();
+      }
+    } catch (err) {
+      await fs.rm(file, { force: true });
+      if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
+      res.status(500).json({ errors: [unexpected(log, "upload failed", err)] });
+    }
+  };
+}

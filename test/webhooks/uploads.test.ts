@@ -1,0 +1,134 @@
+// Uploads: POST /uploads stores a file and its row (or neither), owners see only theirs, the
+// 6-hourly cleanup deletes exactly the expired files and rows (a file already gone is fine), and
+// file.expiring goes out once per file.
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startApi, type ApiHandle } from "../../src/api/server.ts";
+import { loadTasks } from "../../src/worker/catalogue.ts";
+import type { ResolvedTask } from "../../src/worker/task.ts";
+import { asUser, createTestDb, drainJobs, jobRuns, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { person, type Person } from "../helpers/offers.ts";
+
+let db: TestDb;
+let api: ApiHandle;
+let dataDir: string;
+let tasks: ResolvedTask[];
+let owner: Person;
+beforeAll(async () => {
+  db = await createTestDb();
+  tasks = await loadTasks();
+  dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "hourglass-uploads-"));
+  api = await startApi({
+    authUrl: db.authUrl,
+    config: testConfig(db, { DATA_DIR: dataDir, FILE_UPLOAD_MAX_BYTES: "4096" }),
+    log: testLog,
+    health: { workerRunning: () => null },
+  });
+  owner = await person(db);
+});
+afterAll(async () => {
+  await api?.stop();
+  await db?.drop();
+  await fs.rm(dataDir, { recursive: true, force: true });
+});
+
+const config = () => testConfig(db, { DATA_DIR: dataDir });
+const only = (...ids: string[]) => tasks.filter((t) => ids.includes(t.identifier));
+const uploadsDir = () => path.join(dataDir, "uploads");
+
+async function upload(token: string | null, content: string, name = "notes.txt") {
+  const form = new FormData();
+  form.append("file", new Blob([content], { type: "text/plain" }), name);
+  const res = await fetch(`${api.url}/uploads`, { method: "POST", body: form, headers: token ? { authorization: `Bearer ${token}` } : {} });
+  return { status: res.status, body: (await res.json()) as any };
+}
+
+async function gql(query: string, token: string) {
+  const res = await fetch(`${api.url}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query }),
+  });
+  return (await res.json()) as any;
+}
+
+describe("POST /uploads", () => {
+  it("stores the file and its row for the signed-in owner, who alone lists it", async () => {
+    const r = await upload(owner.token, "hello world");
+    expect(r.status).toBe(201);
+    expect(r.body).toMatchObject({ name: "notes.txt", size: 11, contentType: "text/plain" });
+    const { rows } = await db.pool.query("select storage_key, owner_id::text, extract(epoch from expires_at - created_at)::int as ttl from app_public.upload_files where id = $1", [
+      r.body.rowId,
+    ]);
+    expect(rows[0]).toMatchObject({ owner_id: owner.id, ttl: 24 * 3600 });
+    expect(await fs.readFile(path.join(uploadsDir(), rows[0].storage_key), "utf8")).toBe("hello world");
+    expect((await gql("{ allUploadFiles { nodes { rowId name } } }", owner.token)).data.allUploadFiles.nodes).toEqual([
+      { rowId: r.body.rowId, name: "notes.txt" },
+    ]);
+    const other = await person(db);
+    expect((await gql("{ allUploadFiles { nodes { rowId } } }", other.token)).data.allUploadFiles.nodes).toEqual([]);
+  });
+
+  it("refuses anonymous uploads, and an upload over the size limit leaves neither file nor row", async () => {
+    expect((await upload(null, "x")).status).toBe(401);
+    const files = await fs.readdir(uploadsDir());
+    const { rows: before } = await db.pool.query("select count(*)::int as n from app_public.upload_files");
+    const r = await upload(owner.token, "x".repeat(10_000));
+    expect(r.status).toBe(413);
+    expect(r.body.errors[0].extensions.code).toBe("FILE_TOO_LARGE");
+    expect(await fs.readdir(uploadsDir())).toEqual(files);
+    const { rows: after } = await db.pool.query("select count(*)::int as n from app_public.upload_files");
+    expect(after[0].n).toBe(before[0].n);
+  });
+});
+
+describe("upload sweeps", () => {
+  it("the cleanup deletes exactly the expired files and rows; a file already gone is fine", async () => {
+    const expired = (await upload(owner.token, "old")).body.rowId;
+    const vanished = (await upload(owner.token, "gone")).body.rowId;
+    const fresh = (await upload(owner.token, "new")).body.rowId;
+    await db.pool.query(
+      "update app_public.upload_files set created_at = now() - interval '2 days', expires_at = now() - interval '1 day' where id = any($1::bigint[])",
+      [[expired, vanished]],
+    );
+    const key = async (id: string) => (await db.pool.query("select storage_key from app_public.upload_files where id = $1", [id])).rows[0]?.storage_key;
+    const expiredFile = path.join(uploadsDir(), await key(expired));
+    await fs.unlink(path.join(uploadsDir(), await key(vanished)));
+    const freshFile = path.join(uploadsDir(), await key(fresh));
+    await db.pool.query("select app_private.add_job('upload_files__cleanup', '{}')");
+    await drainJobs(db, only("upload_files__cleanup"), config());
+    expect((await jobRuns(db, "upload_files__cleanup")).at(-1)).toMatchObject({
+      outcome: "succeeded",
+      result: { deleted: 2, remaining: 0, alreadyGone: 1, failed: 0 },
+    });
+    await expect(fs.access(expiredFile)).rejects.toMatchObject({ code: "ENOENT" });
+    await fs.access(freshFile);
+    expect(await key(expired)).toBeUndefined();
+    expect(await key(vanished)).toBeUndefined();
+    expect(await key(fresh)).toBeDefined();
+  });
+
+  it("file.expiring goes out once per file about to expire, only to its owner's endpoints", async () => {
+    const soon = (await upload(owner.token, "soon")).body.rowId;
+    const later = (await upload(owner.token, "later")).body.rowId;
+    await db.pool.query("update app_public.upload_files set expires_at = now() + interval '1 hour' where id = $1", [soon]);
+    const ep = await asUser(db, owner.sessionId, async (c) =>
+      (await c.query("select endpoint_id::text as id from app_public.create_webhook_endpoint('http://127.0.0.1:9/hook', '{file.expiring}')")).rows[0].id);
+    for (let i = 0; i < 2; i++) {
+      await db.pool.query("select app_private.add_job('upload_files__notify_expiring', '{}')");
+      await drainJobs(db, only("upload_files__notify_expiring"), config());
+    }
+    expect((await jobRuns(db, "upload_files__notify_expiring")).map((r) => r.result)).toEqual([
+      { notified: 1, remaining: 0 },
+      { notified: 0, remaining: 0 },
+    ]);
+    const { rows } = await db.pool.query(
+      "select e.idempotency_key, e.payload->>'fileId' as file from app_public.outbox_events e join app_public.webhook_deliveries d on d.event_id = e.id where d.endpoint_id = $1",
+      [ep],
+    );
+    expect(rows).toEqual([{ idempotency_key: `file.expiring:${soon}`, file: soon }]);
+    expect(later).not.toBe(soon);
+  });
+});
