@@ -26,6 +26,8 @@ export interface Config {
     pollIntervalMs: number;
     /** Wake at each future job's run_at instead of finding it at the next poll (src/worker/wake.ts). */
     exactWake: boolean;
+    /** A worker silent (no heartbeat) this long is dead: its jobs are released (src/worker/heartbeat.ts). */
+    deadAfterMs: number;
     /** Only these task identifiers; null: every task in tasks/. */
     tasks: string[] | null;
     shutdownTimeoutMs: number;
@@ -182,6 +184,7 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
       localQueueSize: int(env, "WORKER_LOCAL_QUEUE_SIZE", 500, -1, 100_000),
       pollIntervalMs: int(env, "WORKER_POLL_INTERVAL_MS", 2000, 100, 600_000),
       exactWake: oneOf(env, "WORKER_EXACT_WAKE", ["true", "false"], "true") === "true",
+      deadAfterMs: int(env, "WORKER_DEAD_AFTER_MS", 30_000, 1000, 3_600_000),
       tasks: list(env, "WORKER_TASKS"),
       shutdownTimeoutMs: int(env, "SHUTDOWN_TIMEOUT_MS", 30_000, 1000, 3_600_000),
     },

@@ -16,6 +16,7 @@ import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
 import { createServices, type Services } from "./services.ts";
 import { WakeScheduler } from "./wake.ts";
+import { Heartbeat } from "./heartbeat.ts";
 import type { ResolvedTask } from "./task.ts";
 
 export interface WorkerOptions {
@@ -36,6 +37,7 @@ export interface WorkerHandle {
   history: HistoryWriter;
   /** Exact wake-ups for future jobs; null when WORKER_EXACT_WAKE=false. */
   wake: WakeScheduler | null;
+  heartbeat: Heartbeat;
   /** True until the runner stops (by stop() or by a fatal error). */
   isRunning(): boolean;
   /** Graceful: finish running jobs, return unstarted ones, write history, end the pool. */
@@ -96,6 +98,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const events: WorkerEvents = new EventEmitter();
   const wake = w.exactWake ? new WakeScheduler(pool, { log: log.child({ component: "wake" }), concurrency: w.concurrency }) : null;
   wake?.attach(events);
+  const heartbeat = new Heartbeat(pool, {
+    log: log.child({ component: "heartbeat" }),
+    label: workerId,
+    tasks: w.tasks,
+    deadAfterMs: w.deadAfterMs,
+    running: () => history.runningCount,
+  });
+  heartbeat.attach(events);
 
   let runner: Runner;
   try {
@@ -122,7 +132,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     throw err;
   }
 
-  await Promise.all([wake?.start(), warmPool(pool, w.concurrency)]);
+  await Promise.all([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
   let running = true;
   const finished = runner.promise.then(
     () => {
@@ -159,6 +169,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         log.error("worker did not stop cleanly", { err });
       } finally {
         clearTimeout(timeout);
+        await heartbeat.stop();
         await history.close();
         closeServices();
         await Promise.all([pool.end(), historyPool.end()]);
@@ -166,5 +177,5 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       log.info("worker stopped");
     })());
 
-  return { workerId, runner, pool, history, wake, isRunning: () => running, stop };
+  return { workerId, runner, pool, history, wake, heartbeat, isRunning: () => running, stop };
 }

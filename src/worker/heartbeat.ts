@@ -1,0 +1,85 @@
+// Heartbeats and crash recovery. Every worker process upserts a heartbeat (every sixth of
+// WORKER_DEAD_AFTER_MS) into app_public.worker_processes, and every third of it asks
+// app_private.recover_dead_workers to release the jobs of processes silent for longer. That
+// function takes an advisory lock, so one worker at a time does the work, and it never touches a
+// process whose heartbeat is fresh. graphile-worker alone would wait four hours.
+import os from "node:os";
+import type { WorkerEvents } from "graphile-worker";
+import type pg from "pg";
+import type { Logger } from "../log.ts";
+
+export class Heartbeat {
+  #pool: pg.Pool;
+  #log: Logger;
+  #label: string;
+  #tasks: string[] | null;
+  #deadAfterMs: number;
+  #running: () => number;
+  #id: string | null = null;
+  #timers: NodeJS.Timeout[] = [];
+  #stopped = false;
+
+  constructor(pool: pg.Pool, o: { log: Logger; label: string; tasks: string[] | null; deadAfterMs: number; running: () => number }) {
+    this.#pool = pool;
+    this.#log = o.log;
+    this.#label = o.label;
+    this.#tasks = o.tasks;
+    this.#deadAfterMs = o.deadAfterMs;
+    this.#running = o.running;
+  }
+
+  /** Call before run() (the same emitter as its `events` option): the pool id is what locked_by shows. */
+  attach(events: WorkerEvents): void {
+    events.on("pool:create", ({ workerPool }) => {
+      this.#id = workerPool.id;
+    });
+  }
+
+  get id(): string | null {
+    return this.#id;
+  }
+
+  async start(): Promise<void> {
+    // A failed first beat is logged, not fatal: the next one comes in a few seconds.
+    await this.beat().catch((err: unknown) => this.#log.warn("heartbeat failed", { err }));
+    const every = (ms: number, fn: () => Promise<unknown>) => {
+      const t = setInterval(() => void fn().catch((err: unknown) => this.#stopped || this.#log.warn("heartbeat work failed", { err })), ms);
+      t.unref();
+      this.#timers.push(t);
+    };
+    every(Math.max(200, Math.floor(this.#deadAfterMs / 6)), () => this.beat());
+    every(Math.max(500, Math.floor(this.#deadAfterMs / 3)), () => this.recover());
+  }
+
+  async beat(): Promise<void> {
+    if (!this.#id || this.#stopped) return;
+    await this.#pool.query("select app_private.heartbeat($1, $2, $3, $4, $5, $6)", [
+      this.#id, os.hostname(), process.pid, this.#label, this.#tasks, this.#running(),
+    ]);
+  }
+
+  /** Releases the jobs of dead workers (if this process wins the lock); returns how many workers. */
+  async recover(): Promise<number> {
+    const { rows } = await this.#pool.query<{ worker_id: string; label: string; released: number; abandoned: number }>(
+      "select * from app_private.recover_dead_workers($1::interval)",
+      [`${this.#deadAfterMs} milliseconds`],
+    );
+    for (const r of rows) {
+      this.#log.warn("released the jobs of a worker that stopped heartbeating", {
+        deadWorker: r.label, pool: r.worker_id, released: r.released, abandoned: r.abandoned,
+      });
+    }
+    return rows.length;
+  }
+
+  /** Stops beating and removes this process's heartbeat (a clean stop is not a death). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const t of this.#timers) clearInterval(t);
+    if (this.#id) {
+      await this.#pool.query("select app_private.forget_worker($1)", [this.#id]).catch((err: unknown) =>
+        this.#log.warn("could not remove the heartbeat", { err }),
+      );
+    }
+  }
+}

@@ -1,0 +1,118 @@
+// Crash recovery with real processes: a worker SIGKILLed in the middle of 200 jobs leaves them
+// locked (graphile-worker alone would wait four hours); a live worker notices the missing
+// heartbeats and releases them, and every job completes well within a minute of the kill.
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startWorker } from "../../src/worker/runner.ts";
+import { createTestDb, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { slowTask } from "../helpers/worker-process.ts";
+
+let db: TestDb;
+beforeAll(async () => {
+  db = await createTestDb();
+  await db.pool.query(`
+    insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_slow', 'test', 0, 5, 10000);
+    create table public.t_done (n integer primary key, worker text not null, runs integer not null default 1, at timestamptz not null default clock_timestamp());`);
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+const NODE = path.resolve(import.meta.dirname, "../../node_modules/.bin/node");
+const SCRIPT = path.resolve(import.meta.dirname, "../helpers/worker-process.ts");
+const count = async (sql: string, params: unknown[] = []) => (await db.pool.query(sql, params)).rows[0].n as number;
+
+function spawnWorker(env: Record<string, string>): Promise<{ child: ChildProcess; poolId: string }> {
+  return new Promise((resolve, reject) => {
+    const config = testConfig(db);
+    const child = spawn(NODE, [SCRIPT], {
+      env: {
+        ...process.env,
+        NODE_ENV: "test",
+        DATABASE_URL: db.ownerUrl,
+        AUTHENTICATOR_PASSWORD: db.run.authenticatorPassword,
+        DATABASE_AUTHENTICATOR: config.roles.authenticator,
+        DATABASE_VISITOR: config.roles.visitor,
+        LOG_LEVEL: "error",
+        ...env,
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout!.on("data", (d) => {
+      out += d;
+      const m = /READY (\S+)/.exec(out);
+      if (m) resolve({ child, poolId: m[1]! });
+    });
+    child.on("exit", (code) => reject(new Error(`worker process exited early (${code})`)));
+  });
+}
+
+describe("crash recovery", () => {
+  it("a SIGKILLed worker's 200 jobs all complete, the orphans within a minute of the kill, and its running history is marked abandoned", async () => {
+    await db.pool.query(
+      `select count(*) from graphile_worker.add_jobs(array(
+         select row('t_slow', json_build_object('n', g), null, null, 5, null, null, null)::graphile_worker.job_spec from generate_series(1, 200) g))`,
+    );
+    const dead = { WORKER_CONCURRENCY: "20", WORKER_DEAD_AFTER_MS: "3000", SLOW_MS: "400", JOB_HISTORY_FLUSH_MS: "20" };
+    const { child, poolId } = await spawnWorker(dead);
+    // Let it get going: some jobs done, twenty running, the rest locked in its local queue.
+    while ((await count("select count(*)::int as n from public.t_done")) < 30) await new Promise((r) => setTimeout(r, 50));
+    child.kill("SIGKILL");
+    const killedAt = Date.now();
+    await new Promise((r) => child.once("exit", r));
+    const locked = await count("select count(*)::int as n from graphile_worker.jobs where locked_by = $1", [poolId]);
+    expect(locked).toBeGreaterThan(0);
+
+    const survivor = await startWorker({
+      ownerUrl: db.ownerUrl,
+      config: testConfig(db, { WORKER_CONCURRENCY: "20", WORKER_DEAD_AFTER_MS: "3000" }),
+      tasks: [slowTask],
+      log: testLog,
+      crontabFile: null,
+    });
+    try {
+      while ((await count("select count(*)::int as n from public.t_done")) < 200) {
+        if (Date.now() - killedAt > 60_000) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      await survivor.stop();
+    }
+    expect(await count("select count(*)::int as n from public.t_done")).toBe(200);
+    expect(await count("select count(*)::int as n from graphile_worker.jobs")).toBe(0);
+    const lastDone = (await db.pool.query("select max(at) as at from public.t_done")).rows[0].at as Date;
+    expect(lastDone.getTime() - killedAt).toBeLessThan(60_000);
+    // Jobs that were running at the kill ran again on the survivor; none ran more than twice.
+    expect(await count("select count(*)::int as n from public.t_done where runs > 2")).toBe(0);
+    expect(await count("select count(*)::int as n from app_public.job_runs where outcome = 'abandoned' and error like '%stopped heartbeating%'")).toBeGreaterThan(0);
+    expect(await count("select count(*)::int as n from app_public.job_runs where outcome = 'running'")).toBe(0);
+    expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
+  });
+
+  it("a live worker's jobs are never released, however long they run", async () => {
+    const live = await startWorker({
+      ownerUrl: db.ownerUrl,
+      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }),
+      tasks: [slowTask],
+      log: testLog,
+      crontabFile: null,
+    });
+    try {
+      // A stale heartbeat from a process that is gone, and the live worker's own: the live
+      // worker's recovery loop (every third of a second here) removes only the stale one.
+      await db.pool.query("insert into app_public.worker_processes (id, host, pid, label, last_seen_at) values ('pool-gone', 'h', 1, 'h:1', now() - interval '1 hour')");
+      const deadline = Date.now() + 5000;
+      while ((await count("select count(*)::int as n from app_public.worker_processes where id = 'pool-gone'")) > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await new Promise((r) => setTimeout(r, 1500)); // longer than WORKER_DEAD_AFTER_MS
+      const { rows: alive } = await db.pool.query("select id from app_public.worker_processes");
+      expect(alive).toEqual([{ id: live.heartbeat.id }]);
+    } finally {
+      await live.stop();
+    }
+    expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
+  });
+});
