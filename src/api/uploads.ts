@@ -32,10 +32,12 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
     const storageKey = randomUUID();
     const file = path.join(config.uploads.dir, storageKey);
     let stored: { name: string; type: string; size: number } | null = null;
+    // Every write to disk, so that a failure waits for them before removing the file (the write
+    // stream opens asynchronously and would otherwise create it after the removal).
+    const writes: Promise<void>[] = [];
     try {
       await new Promise<void>((resolve, reject) => {
         const bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: config.uploads.maxBytes, fields: 0 } });
-        const writes: Promise<void>[] = [];
         bb.on("file", (field, stream, info) => {
           if (field !== "file" || stored) {
             stream.resume();
@@ -73,6 +75,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
         client.release();
       }
     } catch (err) {
+      await Promise.allSettled(writes);
       await fs.rm(file, { force: true });
       if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
       res.status(500).json({ errors: [unexpected(log, "upload failed", err)] });
