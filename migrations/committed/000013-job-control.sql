@@ -1,5 +1,5 @@
---! Previous: sha1:5ea8bf19512fd071aabf9e1b031ff7bd1194ef4f
---! Hash: sha1:8643ae45c1ebb673d3211a8b7b42906b7263cd9a
+--! Previous: sha1:bec2c9c1ad71f57d339ffcb213560b464da9dc82
+--! Hash: sha1:2249b276a23fd39173d6df204c0f322250ea85ae
 --! Message: job control
 
 -- Job control for admins, in SQL and GraphQL. Why: graphile-worker has no dashboard API; an
@@ -130,7 +130,9 @@ begin
   if run_at is null then
     raise exception 'A new run time is required' using errcode = 'JBRAT';
   end if;
-  if not exists (select 1 from graphile_worker.reschedule_jobs(array[job_id], run_at := reschedule_job.run_at)) then
+  -- A failed job moved in time gets its attempts back, or it would never run.
+  if not exists (select 1 from graphile_worker.reschedule_jobs(array[job_id], run_at := reschedule_job.run_at,
+                   attempts := case when v_job.state = 'failed' then 0 end)) then
     raise exception 'Job % is running; it cannot be rescheduled', job_id using errcode = 'JBRUN';
   end if;
   perform app_private.note_wakeups(array[reschedule_job.run_at]);
@@ -141,4 +143,4 @@ begin
   return v_job;
 end;
 $$;
-comment on function app_public.reschedule_job(bigint, timestamptz, text) is E'Admins: moves a job that is not running to run_at. Refused for a running job (JBRUN). Audited.';
+comment on function app_public.reschedule_job(bigint, timestamptz, text) is E'Admins: moves a job that is not running to run_at (a failed one gets its attempts back). Refused for a running job (JBRUN). Audited.';

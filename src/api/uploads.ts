@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import busboy from "busboy";
 import type { Request, Response } from "express";
@@ -16,6 +17,7 @@ import { sessionOf } from "./auth.ts";
 import { unexpected } from "./errors.ts";
 
 class TooLarge extends Error {}
+class Aborted extends Error {}
 
 function fail(res: Response, status: number, code: string, message: string) {
   res.status(status).json({ errors: [{ message, extensions: { code } }] });
@@ -35,6 +37,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
     // Every write to disk, so that a failure waits for them before removing the file (the write
     // stream opens asynchronously and would otherwise create it after the removal).
     const writes: Promise<void>[] = [];
+    let current: Readable | null = null;
     try {
       await new Promise<void>((resolve, reject) => {
         const bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: config.uploads.maxBytes, fields: 0 } });
@@ -43,6 +46,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
             stream.resume();
             return;
           }
+          current = stream;
           let size = 0;
           stream.on("data", (chunk: Buffer) => (size += chunk.length));
           stream.on("limit", () => reject(new TooLarge()));
@@ -52,6 +56,14 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
         });
         bb.on("error", reject);
         bb.on("close", () => Promise.all(writes).then(() => resolve(), reject));
+        // A client that goes away mid-upload: busboy would wait for ever, and the partial file
+        // would have no row for the cleanup to find. Fail the file stream; the catch removes it.
+        req.on("close", () => {
+          if (req.complete) return;
+          const aborted = new Aborted("the upload was aborted");
+          current?.destroy(aborted);
+          reject(aborted);
+        });
         req.pipe(bb);
       });
       const upload = stored as { name: string; type: string; size: number } | null;
@@ -78,6 +90,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
       await Promise.allSettled(writes);
       await fs.rm(file, { force: true });
       if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
+      if (err instanceof Aborted) return void log.info("upload aborted by the client; nothing kept");
       res.status(500).json({ errors: [unexpected(log, "upload failed", err)] });
     }
   };

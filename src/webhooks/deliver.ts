@@ -31,11 +31,13 @@ export interface Deliverer {
   close(): void;
 }
 
+/** Retry-After in seconds, capped at a day (record_webhook_attempt caps it too; this keeps it an integer). */
 export function retryAfterSeconds(value: string | undefined, now = Date.now()): number | null {
   if (!value) return null;
-  if (/^\d+$/.test(value.trim())) return Number(value.trim());
+  const DAY = 86_400;
+  if (/^\d+$/.test(value.trim())) return Math.min(Number(value.trim()), DAY);
   const at = Date.parse(value);
-  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - now) / 1000));
+  return Number.isNaN(at) ? null : Math.min(DAY, Math.max(0, Math.ceil((at - now) / 1000)));
 }
 
 export function createDeliverer(options: { allowedNetworks: readonly string[]; timeoutMs: number }): Deliverer {

@@ -2,7 +2,10 @@
 // WORKER_DEAD_AFTER_MS) into app_public.worker_processes, and every third of it asks
 // app_private.recover_dead_workers to release the jobs of processes silent for longer. That
 // function takes an advisory lock, so one worker at a time does the work, and it never touches a
-// process whose heartbeat is fresh. graphile-worker alone would wait four hours.
+// process whose heartbeat is fresh. Only a worker that has itself beaten without a gap for longer
+// than WORKER_DEAD_AFTER_MS judges the others, so after a database outage (when every heartbeat is
+// old) nobody's jobs are released before their owner had a chance to beat again. graphile-worker
+// alone would wait four hours.
 import os from "node:os";
 import type { WorkerEvents } from "graphile-worker";
 import type pg from "pg";
@@ -53,16 +56,17 @@ export class Heartbeat {
 
   async beat(): Promise<void> {
     if (!this.#id || this.#stopped) return;
-    await this.#pool.query("select app_private.heartbeat($1, $2, $3, $4, $5, $6)", [
-      this.#id, os.hostname(), process.pid, this.#label, this.#tasks, this.#running(),
+    await this.#pool.query("select app_private.heartbeat($1, $2, $3, $4, $5, $6, $7::interval)", [
+      this.#id, os.hostname(), process.pid, this.#label, this.#tasks, this.#running(), `${Math.floor(this.#deadAfterMs / 2)} milliseconds`,
     ]);
   }
 
   /** Releases the jobs of dead workers (if this process wins the lock); returns how many workers. */
   async recover(): Promise<number> {
+    if (!this.#id) return 0;
     const { rows } = await this.#pool.query<{ worker_id: string; label: string; released: number; abandoned: number }>(
-      "select * from app_private.recover_dead_workers($1::interval)",
-      [`${this.#deadAfterMs} milliseconds`],
+      "select * from app_private.recover_dead_workers($1::interval, $2)",
+      [`${this.#deadAfterMs} milliseconds`, this.#id],
     );
     for (const r of rows) {
       this.#log.warn("released the jobs of a worker that stopped heartbeating", {

@@ -2,7 +2,7 @@
 // security shows each user only their exchanges.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { asUser, asVisitor, createTestDb, createUser, signIn, type TestDb } from "../helpers/db.ts";
-import { createExchange, exchange, person, withParticipants } from "../helpers/exchanges.ts";
+import { createExchange, exchange, inviteCode, person, withParticipants } from "../helpers/exchanges.ts";
 import type { Person } from "../helpers/offers.ts";
 
 let db: TestDb;
@@ -51,7 +51,7 @@ describe("exchange mutations", () => {
     ["the organiser starts matching while registration is open", "organiser", "select app_public.start_matching($1)", "EXSTA"],
     ["the organiser completes it before it was matched", "organiser", "select app_public.complete_exchange($1)", "EXSTA"],
     ["the organiser moves it into the past", "organiser", "select app_public.update_exchange($1, 'x', '', 1, now() - interval '1 hour', 'UTC')", "EXDAT"],
-    ["a participant joins twice", "guest", "select app_public.join_exchange($1, 'Again')", "EXJND"],
+    ["someone joins without the invite code", "outsider", "select app_public.join_exchange($1, 'Sneaky', 'guessed')", "EXNFD"],
     ["an outsider withdraws", "outsider", "select app_public.withdraw_from_exchange($1)", "EXNPT"],
     ["an outsider turns reminders off", "outsider", "select app_public.set_exchange_reminders($1, false)", "EXNPT"],
   ] as const)("refused with a code when %s, and nothing changes", async (_label, who, sql, code) => {
@@ -72,15 +72,26 @@ describe("exchange mutations", () => {
     expect(rows[0].n).toBe(1);
   });
 
-  it("joining needs open registration; a withdrawn participant may rejoin while it is open", async () => {
+  it("joining needs the invite code and open registration; joining twice is refused; a withdrawn participant may rejoin", async () => {
+    const code = await inviteCode(db, id);
+    expect(await attempt(guest, "select app_public.join_exchange($1, 'Again', $2)", [id, code])).toBe("EXJND");
     const late = await person(db);
     await asUser(db, organiser.sessionId, (c) => c.query("select app_public.close_registration($1)", [id]));
-    expect(await attempt(late, "select app_public.join_exchange($1, 'Late')", [id])).toBe("EXSTA");
+    expect(await attempt(late, "select app_public.join_exchange($1, 'Late', $2)", [id, code])).toBe("EXSTA");
     await asUser(db, organiser.sessionId, (c) => c.query("select app_public.open_registration($1)", [id]));
     expect(await attempt(guest, "select app_public.withdraw_from_exchange($1)", [id])).toBeNull();
-    expect(await attempt(guest, "select app_public.join_exchange($1, 'Back')", [id])).toBeNull();
+    expect(await attempt(guest, "select app_public.join_exchange($1, 'Back', $2)", [id, code])).toBeNull();
     const { rows } = await db.pool.query("select display_name, withdrawn_at from app_public.participants where id = $1", [participantIds[0]]);
     expect(rows).toEqual([{ display_name: "Back", withdrawn_at: null }]);
+  });
+
+  it("withdrawing while the draw runs is refused (EXSTA), so nobody withdrawn is matched", async () => {
+    const org = await person(db);
+    const p = await person(db);
+    const x = await createExchange(db, org);
+    await withParticipants(db, org, x, [p, await person(db)]);
+    await db.pool.query("update app_public.exchanges set state = 'MATCHING' where id = $1", [x]);
+    expect(await attempt(p, "select app_public.withdraw_from_exchange($1)", [x])).toBe("EXSTA");
   });
 
   it("a DBA cannot give an exchange another organiser (EXFIX) or an unknown zone (EXTZN)", async () => {

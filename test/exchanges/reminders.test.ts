@@ -72,6 +72,25 @@ describe("reminder schedule", () => {
   });
 });
 
+describe("reminder changes", () => {
+  it("a reminder that is due but not yet run keeps its job when another day is added", async () => {
+    const organiser = await person(db);
+    const id = await createExchange(db, organiser, { reminderDays: [3] });
+    // Its 3-day reminder fell due a minute ago (the job may still be queued).
+    await db.pool.query("update app_public.exchanges set exchange_date = now() + interval '3 days' - interval '1 minute' where id = $1", [id]);
+    const { rows } = await db.pool.query(
+      `select c.job_key, c.remove
+       from app_public.exchanges e
+       cross join lateral app_private.exchange_job_changes(
+         jsonb_populate_record(null::app_public.exchanges, to_jsonb(e) || '{"state": "MATCHED", "reminder_days": [3, 14]}'),
+         jsonb_populate_record(null::app_public.exchanges, to_jsonb(e) || '{"state": "MATCHED", "reminder_days": [3]}')) c
+       where e.id = $1`,
+      [id],
+    );
+    expect(rows).toEqual([]);
+  });
+});
+
 describe("sending reminders", () => {
   it("emails each opted-in participant once; the withdrawn and the opted-out get nothing", async () => {
     const organiser = await person(db);

@@ -21,14 +21,15 @@ export async function createExchange(db: TestDb, organiser: Person, o: ExchangeO
   });
 }
 
-/** Opens registration, has each person join, and returns their participant ids. */
+/** Opens registration, has each person join with the invite code, and returns their participant ids. */
 export async function withParticipants(db: TestDb, organiser: Person, exchangeId: string, people: Person[]): Promise<string[]> {
-  await asUser(db, organiser.sessionId, (c) => c.query("select app_public.open_registration($1)", [exchangeId]));
+  const code = await asUser(db, organiser.sessionId, async (c) =>
+    (await c.query<{ invite_code: string }>("select invite_code from app_public.open_registration($1)", [exchangeId])).rows[0]!.invite_code);
   const ids: string[] = [];
   for (const [i, p] of people.entries()) {
     ids.push(
       await asUser(db, p.sessionId, async (c) => {
-        const { rows } = await c.query<{ id: string }>("select id::text from app_public.join_exchange($1, $2)", [exchangeId, `Person ${i + 1}`]);
+        const { rows } = await c.query<{ id: string }>("select id::text from app_public.join_exchange($1, $2, $3)", [exchangeId, `Person ${i + 1}`, code]);
         return rows[0]!.id;
       }),
     );
@@ -51,4 +52,8 @@ export async function exchangeJobs(db: TestDb, id: string): Promise<Record<strin
     [`exchanges:${id}:%`],
   );
   return Object.fromEntries(rows.map((r) => [r.key.slice(`exchanges:${id}:`.length), { id: r.id, runAt: r.run_at }]));
+}
+
+export async function inviteCode(db: TestDb, id: string): Promise<string> {
+  return (await db.pool.query<{ invite_code: string }>("select invite_code from app_public.exchanges where id = $1", [id])).rows[0]!.invite_code;
 }

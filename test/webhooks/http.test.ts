@@ -152,6 +152,8 @@ describe("bounded attempts", () => {
 
   it("reads Retry-After as seconds or as an HTTP date", () => {
     expect(retryAfterSeconds("120")).toBe(120);
+    expect(retryAfterSeconds("99999999999")).toBe(86_400);
+    expect(retryAfterSeconds(new Date("2100-01-01").toUTCString())).toBe(86_400);
     expect(retryAfterSeconds(new Date(Date.now() + 30_000).toUTCString())).toBeGreaterThanOrEqual(29);
     expect(retryAfterSeconds("soon")).toBeNull();
     expect(retryAfterSeconds(undefined)).toBeNull();

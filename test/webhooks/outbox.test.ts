@@ -232,16 +232,20 @@ describe("secrets and sweeps", () => {
     expect(rows[0].secrets).toEqual([rotated]);
   });
 
-  it("the 5-minute sweep re-enqueues a pending delivery whose job was lost; the 6-hour cleanup deletes only old ended events", async () => {
+  it("the 5-minute sweep re-enqueues pending deliveries whose job was lost or failed for good; the 6-hour cleanup deletes only old ended events", async () => {
     const owner = acme.members[0]!;
     const ep = await endpoint(owner, ["offer.withdrawn"]);
     await db.pool.query("select app_private.emit_events('offer.withdrawn', array['{}'::jsonb, '{}'::jsonb], array['s1', 's2'], array[jsonb_build_array($1::bigint), jsonb_build_array($1::bigint)])", [owner.id]);
     const [lost, kept] = await deliveries(ep.id);
     await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs where key = $1))", [`webhook_deliveries:${lost.id}:deliver`]);
     await db.pool.query("update app_public.webhook_deliveries set next_attempt_at = now() - interval '10 minutes' where id = any($1::bigint[])", [[lost.id, kept.id]]);
+    // kept's job failed for good (say, the worker hit its time limit ten times): it counts as lost too.
+    await db.pool.query("select graphile_worker.permanently_fail_jobs(array(select id from graphile_worker.jobs where key = $1), 'gave up')", [
+      `webhook_deliveries:${kept.id}:deliver`,
+    ]);
     await db.pool.query("select app_private.add_job('webhook_deliveries__sweep', '{}')");
     await drainJobs(db, only("webhook_deliveries__sweep"));
-    expect((await jobRuns(db, "webhook_deliveries__sweep")).at(-1)).toMatchObject({ result: { requeued: 1, remaining: 0 } });
+    expect((await jobRuns(db, "webhook_deliveries__sweep")).at(-1)).toMatchObject({ result: { requeued: 2, remaining: 0 } });
     await deliverAll();
 
     // Both old; s2's delivery is still pending (say, a retry), so s2 must stay.

@@ -115,4 +115,47 @@ describe("crash recovery", () => {
     }
     expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
   });
+
+  it("after a database outage (every heartbeat old), nobody is declared dead until the judge has beaten again for WORKER_DEAD_AFTER_MS", async () => {
+    await db.pool.query("delete from app_public.worker_processes");
+    await db.pool.query(
+      `insert into app_public.worker_processes (id, host, pid, label, last_seen_at, beating_since)
+       values ('pool-a', 'a', 1, 'a:1', now() - interval '2 minutes', now() - interval '1 hour'),
+              ('pool-b', 'b', 1, 'b:1', now() - interval '2 minutes', now() - interval '1 hour')`,
+    );
+    const recover = async () =>
+      (await db.pool.query("select worker_id from app_private.recover_dead_workers(interval '30 seconds', 'pool-a')")).rows.map((r) => r.worker_id);
+    // pool-a's own heartbeat is as old as pool-b's: it cannot judge.
+    expect(await recover()).toEqual([]);
+    // pool-a beats again after the gap: its beating_since restarts, so it still cannot judge.
+    await db.pool.query("select app_private.heartbeat('pool-a', 'a', 1, 'a:1', null, 0, interval '15 seconds')");
+    expect(await recover()).toEqual([]);
+    // Thirty seconds of beating later (time through data), pool-b has had its chance and is dead.
+    await db.pool.query("update app_public.worker_processes set beating_since = now() - interval '31 seconds' where id = 'pool-a'");
+    expect(await recover()).toEqual(["pool-b"]);
+    expect((await db.pool.query("select id from app_public.worker_processes")).rows).toEqual([{ id: "pool-a" }]);
+    await db.pool.query("delete from app_public.worker_processes");
+  });
+
+  it("a restarted process that reuses the dead one's host:pid keeps its own running history", async () => {
+    await db.pool.query(
+      `insert into app_public.worker_processes (id, host, pid, label, started_at, last_seen_at, beating_since) values
+         ('pool-old', 'h', 1, 'h:1', now() - interval '1 hour', now() - interval '2 minutes', now() - interval '1 hour'),
+         ('pool-new', 'h', 1, 'h:1', now() - interval '1 minute', now(), now() - interval '1 minute'),
+         ('pool-judge', 'j', 2, 'j:2', now() - interval '1 hour', now(), now() - interval '1 hour')`,
+    );
+    await db.pool.query(
+      `insert into app_public.job_runs (id, job_id, task_identifier, attempt, max_attempts, worker_id, started_at, outcome) values
+         (gen_random_uuid(), 900001, 't_slow', 1, 5, 'h:1', now() - interval '30 minutes', 'running'),
+         (gen_random_uuid(), 900002, 't_slow', 1, 5, 'h:1', now() - interval '30 seconds', 'running')`,
+    );
+    const { rows } = await db.pool.query("select worker_id, abandoned from app_private.recover_dead_workers(interval '30 seconds', 'pool-judge')");
+    expect(rows).toEqual([{ worker_id: "pool-old", abandoned: 1 }]);
+    const { rows: runs } = await db.pool.query("select job_id::text, outcome from app_public.job_runs where worker_id = 'h:1' order by job_id");
+    expect(runs).toEqual([
+      { job_id: "900001", outcome: "abandoned" },
+      { job_id: "900002", outcome: "running" },
+    ]);
+    await db.pool.query("delete from app_public.worker_processes; delete from app_public.job_runs where worker_id = 'h:1'");
+  });
 });
