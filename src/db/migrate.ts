@@ -14,6 +14,7 @@ import { graphileLogFactory, workerLogger, type Logger } from "../log.ts";
 import { ensureRoles, type RoleNames } from "./roles.ts";
 import { createPool } from "./pool.ts";
 import { loadTasks, syncCatalogue } from "../worker/catalogue.ts";
+import { readSchedules } from "../worker/crontab.ts";
 import type { ResolvedTask } from "../worker/task.ts";
 
 export const MIGRATIONS_DIR = path.resolve(import.meta.dirname, "../../migrations");
@@ -72,6 +73,7 @@ export async function migrateDatabase(options: MigrateOptions): Promise<void> {
         closeMigratePools();
       }
       await syncCatalogue(client, tasks);
+      await client.query("select app_private.sync_schedules($1::jsonb)", [JSON.stringify(await readSchedules())]);
       log.info("database is up to date", { tasks: tasks.length, ms: Date.now() - started });
     } finally {
       await client.query("select pg_advisory_unlock($1)", [MIGRATION_LOCK]);

@@ -1,6 +1,9 @@
 // Reads the `crontab` file and fills each entry's priority and max attempts from its task's
 // declared defaults (graphile-worker would otherwise use its own: priority 0, 25 attempts).
 // An entry for a task that does not exist fails start-up instead of enqueuing jobs nobody runs.
+// Each entry's jobs get the key cron:<id>, which tells the task wrapper which schedule a job
+// belongs to (so a paused schedule's tick is skipped), and coalesces a tick that is still queued
+// with the next one.
 import fs from "node:fs/promises";
 import path from "node:path";
 import { parseCrontab, type ParsedCronItem } from "graphile-worker";
@@ -26,7 +29,30 @@ export async function loadCrontab(tasks: readonly ResolvedTask[], file = CRONTAB
         ...item.options,
         priority: item.options.priority ?? task.priority,
         maxAttempts: item.options.maxAttempts ?? task.maxAttempts,
+        jobKey: item.options.jobKey ?? cronJobKey(item.identifier),
       },
     };
   });
+}
+
+export const cronJobKey = (id: string) => `cron:${id}`;
+
+export interface ScheduleEntry {
+  id: string;
+  pattern: string;
+  task: string;
+  options: Record<string, unknown>;
+}
+
+/** The entries of the crontab as app_public.schedules records them (no task validation: migrations run this). */
+export async function readSchedules(file = CRONTAB_FILE): Promise<ScheduleEntry[]> {
+  const text = await fs.readFile(file, "utf8");
+  const items = parseCrontab(text);
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+  return items.map((item, i) => ({
+    id: item.identifier,
+    pattern: (lines[i] ?? "").split(/\s+/).slice(0, 5).join(" "),
+    task: item.task,
+    options: Object.fromEntries(Object.entries(item.options).filter(([, v]) => v !== undefined)),
+  }));
 }

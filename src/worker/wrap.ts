@@ -47,6 +47,20 @@ async function enqueue(
   return rows[0]!.id;
 }
 
+/** The schedule, if an admin paused it (app_public.schedules). A failed check runs the job. */
+async function pausedSchedule(helpers: JobHelpers, id: string, log: Logger): Promise<{ id: string; reason: string | null } | null> {
+  try {
+    const { rows } = await helpers.query<{ reason: string | null }>(
+      "select pause_reason as reason from app_public.schedules where id = $1 and paused_at is not null",
+      [id],
+    );
+    return rows[0] ? { id, reason: rows[0].reason } : null;
+  } catch (err) {
+    log.warn("could not check whether the schedule is paused; running the job", { schedule: id, err });
+    return null;
+  }
+}
+
 function cronOf(payload: unknown): TaskContext["cron"] {
   const cron = (payload as { _cron?: { ts?: unknown; backfilled?: unknown } } | null)?._cron;
   if (!cron || typeof cron.ts !== "string") return null;
@@ -160,6 +174,14 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       const error = `Invalid payload: ${parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ")}`;
       ctx.log.error("job rejected: invalid payload; it will not be retried", { error });
       history.finish(id, "failed_permanently", error, null);
+      return;
+    }
+
+    // A crontab job of a paused schedule: recorded as skipped, not run.
+    const paused = ctx.cron && job.key?.startsWith("cron:") ? await pausedSchedule(helpers, job.key.slice(5), ctx.log) : null;
+    if (paused) {
+      ctx.log.info("job skipped: its schedule is paused", { schedule: paused.id });
+      history.finish(id, "skipped", null, { skipped: `schedule ${paused.id} is paused${paused.reason ? `: ${paused.reason}` : ""}` });
       return;
     }
 
