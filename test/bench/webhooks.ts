@@ -7,9 +7,7 @@ import { loadConfig } from "../../src/config.ts";
 import { createPool } from "../../src/db/pool.ts";
 import { loadTasks } from "../../src/worker/catalogue.ts";
 import { startWorker } from "../../src/worker/runner.ts";
-import type { BenchHelpers, Lateness } from "./offers.ts";
-
-const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+import { lateness, type BenchHelpers, type Lateness } from "./offers.ts";
 
 export interface WebhookFigures {
   rates: number[];
@@ -92,8 +90,7 @@ export async function webhookBench(serverUrl: string, h: BenchHelpers, rounds: n
     } finally {
       await worker.stop();
     }
-    const ms = [...committed].map(([id, at]) => arrived.get(id)! - at).sort((a, b) => a - b);
-    return { rates, latency: { n: ms.length, p50: percentile(ms, 50), p99: percentile(ms, 99), max: ms.at(-1)! } };
+    return { rates, latency: lateness([...committed].map(([id, at]) => arrived.get(id)! - at)) };
   } finally {
     server.closeAllConnections();
     server.close();

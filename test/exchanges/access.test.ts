@@ -1,7 +1,7 @@
 // Exchange mutations refuse every invalid move with a coded error and write nothing; row-level
 // security shows each user only their exchanges.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { asUser, asVisitor, createTestDb, createUser, signIn, type TestDb } from "../helpers/db.ts";
+import { asUser, asVisitor, createTestDb, createUser, signIn, refusal, type TestDb } from "../helpers/db.ts";
 import { createExchange, exchange, inviteCode, person, withParticipants } from "../helpers/exchanges.ts";
 import type { Person } from "../helpers/offers.ts";
 
@@ -23,14 +23,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function attempt(who: Person | null, sql: string, params: unknown[]): Promise<string | null> {
-  try {
-    await asUser(db, who?.sessionId ?? null, (c) => c.query(sql, params));
-    return null;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const attempt = (who: Person | null, sql: string, params: unknown[]) => refusal(db, who?.sessionId ?? null, sql, params);
 
 describe("exchange mutations", () => {
   it.each([

@@ -199,3 +199,13 @@ export async function asUser<T>(db: TestDb, sessionId: string | null, fn: (clien
     client.release();
   }
 }
+
+/** Runs sql as the user and commits; returns the error code it was refused with, or null when it succeeded. */
+export async function refusal(db: TestDb, sessionId: string | null, sql: string, params: unknown[] = []): Promise<string | null> {
+  try {
+    await asUser(db, sessionId, (c) => c.query(sql, params));
+    return null;
+  } catch (err) {
+    return (err as { code?: string }).code ?? String(err);
+  }
+}

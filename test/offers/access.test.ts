@@ -1,7 +1,7 @@
 // Who sees and may change which offers: row-level security for every role, and guarded
 // transitions that refuse with a coded error and write nothing.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { asUser, asVisitor, createTestDb, createUser, signIn, type TestDb } from "../helpers/db.ts";
+import { asUser, asVisitor, createTestDb, createUser, signIn, refusal, type TestDb } from "../helpers/db.ts";
 import { apply, createCompany, createWorker, draftOffer, offer, sentOffer, type Company, type Worker } from "../helpers/offers.ts";
 
 let db: TestDb;
@@ -28,14 +28,7 @@ async function visibleOffers(sessionId: string | null, table = "offers"): Promis
 }
 
 /** Calls a mutation function as a user; returns the error code, or null when it succeeded. */
-async function attempt(sessionId: string, sql: string, params: unknown[]): Promise<string | null> {
-  try {
-    await asUser(db, sessionId, (c) => c.query(sql, params));
-    return null;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const attempt = (sessionId: string, sql: string, params: unknown[]) => refusal(db, sessionId, sql, params);
 
 describe("row-level security", () => {
   it("a worker sees only their own offers once sent; members only their company's; another company and anonymous nothing; admins everything", async () => {

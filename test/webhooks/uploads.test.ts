@@ -129,6 +129,7 @@ describe("upload sweeps", () => {
       [ep],
     );
     expect(rows).toEqual([{ idempotency_key: `file.expiring:${soon}`, file: soon }]);
-    expect(later).not.toBe(soon);
+    const { rows: notNotified } = await db.pool.query("select expiring_notified_at from app_public.upload_files where id = $1", [later]);
+    expect(notNotified).toEqual([{ expiring_notified_at: null }]);
   });
 });

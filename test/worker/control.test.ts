@@ -6,7 +6,7 @@ import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { startWorker } from "../../src/worker/runner.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
-import { asUser, asVisitor, createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { asVisitor, createTestDb, createUser, refusal, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
 let api: ApiHandle;
@@ -32,14 +32,7 @@ async function addJob(key: string, runAt = "now()"): Promise<string> {
 }
 const jobState = async (id: string) =>
   asVisitor(db, admin.sessionId, async (c) => (await c.query("select state, run_at, attempts from app_public.queued_jobs where id = $1", [id])).rows[0]);
-async function attempt(sessionId: string, sql: string, params: unknown[]): Promise<string | null> {
-  try {
-    await asUser(db, sessionId, (c) => c.query(sql, params));
-    return null;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const attempt = (sessionId: string, sql: string, params: unknown[]) => refusal(db, sessionId, sql, params);
 const audit = async () => (await db.pool.query("select action, target, reason from app_public.admin_actions order by id")).rows;
 
 describe("the queue as admins see it", () => {

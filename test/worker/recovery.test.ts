@@ -91,7 +91,7 @@ describe("crash recovery", () => {
     expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
   });
 
-  it("a live worker's jobs are never released, however long they run", async () => {
+  it("a live worker's heartbeat is never taken for dead; a stale one is removed by the live worker's own recovery loop", async () => {
     const live = await startWorker({
       ownerUrl: db.ownerUrl,
       config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }),

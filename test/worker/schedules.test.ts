@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadTasks } from "../../src/worker/catalogue.ts";
 import { loadCrontab } from "../../src/worker/crontab.ts";
 import type { ResolvedTask } from "../../src/worker/task.ts";
-import { asUser, createTestDb, createUser, drainJobs, jobRuns, signIn, type TestDb } from "../helpers/db.ts";
+import { createTestDb, createUser, drainJobs, jobRuns, refusal, signIn, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
 let tasks: ResolvedTask[];
@@ -21,14 +21,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function attempt(sessionId: string, sql: string, params: unknown[]): Promise<string | null> {
-  try {
-    await asUser(db, sessionId, (c) => c.query(sql, params));
-    return null;
-  } catch (err) {
-    return (err as { code?: string }).code ?? String(err);
-  }
-}
+const attempt = (sessionId: string, sql: string, params: unknown[]) => refusal(db, sessionId, sql, params);
 
 /** A tick of a crontab entry, as graphile-worker's cron enqueues it (payload marker, key cron:<id>). */
 async function tick(id: string, task: string) {
