@@ -112,6 +112,7 @@ async function main() {
         authUrl: db.authUrl,
         config,
         log,
+        tasks,
         health: { workerRunning: () => (w ? w.isRunning() : null) },
       });
     }

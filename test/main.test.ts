@@ -71,7 +71,8 @@ describe("npm start", () => {
     const p = start([], envFor(db));
     const ready = await p.ready;
     const health = await fetch(ready.health!);
-    expect(await health.json()).toEqual({ status: "ok", database: "ok", worker: "running" });
+    // Its own worker heartbeats, so the cluster has a live scheduler.
+    expect(await health.json()).toMatchObject({ status: "ok", database: "ok", worker: "running", jobs: { workersAlive: 1, schedulerHealthy: true } });
     p.child.kill("SIGTERM");
     expect(await p.exited).toBe(0);
     expect(p.output()).toMatch(/"msg":"worker stopped"/);

@@ -8,7 +8,9 @@ import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import type { GraphQLError } from "postgraphile/graphql";
+import type { ResolvedTask } from "../worker/task.ts";
 import { sessionOf } from "./auth.ts";
+import { TriggerTaskPayloadPlugin } from "./trigger.ts";
 
 export interface PresetOptions {
   pool: pg.Pool;
@@ -17,11 +19,14 @@ export interface PresetOptions {
   sessionLifetimeDays: number;
   development: boolean;
   maskError: (error: GraphQLError) => GraphQLError;
+  /** The tasks whose payload schemas triggerTask checks. */
+  tasks: readonly ResolvedTask[];
 }
 
 export function makePreset(o: PresetOptions): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
+    plugins: [TriggerTaskPayloadPlugin(o.tasks)],
     pgServices: [makePgService({ pool: o.pool, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",

@@ -9,7 +9,7 @@ import { makePreset } from "./preset.ts";
 export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graphql");
 
 export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promise<string> {
-  const preset = makePreset({ pool, visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e });
+  const preset = makePreset({ pool, visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
   const { schema } = await makeSchema(preset);
   return printSchema(lexicographicSortSchema(schema)) + "\n";
 }

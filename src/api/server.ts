@@ -13,6 +13,8 @@ import { authenticate } from "./auth.ts";
 import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
+import { loadTasks } from "../worker/catalogue.ts";
+import type { ResolvedTask } from "../worker/task.ts";
 
 export interface HealthCheck {
   /** null: this process runs no worker. */
@@ -28,24 +30,54 @@ export interface ApiHandle {
 
 export interface ApiOptions {
   authUrl: string;
-  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads">;
+  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads" | "worker">;
   log: Logger;
   health: HealthCheck;
+  /** For triggerTask's payload check; loaded from tasks/ when not given. */
+  tasks?: readonly ResolvedTask[];
 }
 
-async function databaseOk(pool: pg.Pool): Promise<boolean> {
+interface JobFacts {
+  queued: number;
+  scheduled: number;
+  running: number;
+  failed: number;
+  oldestDueSeconds: number | null;
+  failuresLast24h: number;
+  workersAlive: number;
+  schedulerHealthy: boolean;
+}
+
+/**
+ * The job system's facts (app_hidden.job_health, the same as GraphQL's jobOverview), or null when
+ * the database does not answer within two seconds. Totals only: /healthz needs no sign-in, so
+ * nothing here names a task or a job.
+ */
+async function jobFacts(pool: pg.Pool, deadAfterMs: number): Promise<JobFacts | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 2000)));
-    return await Promise.race([pool.query("select 1").then(() => true), timeout]);
+    const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 2000)));
+    const query = pool
+      .query("select * from app_hidden.job_health($1::interval)", [`${deadAfterMs} milliseconds`])
+      .then(({ rows: [r] }): JobFacts => ({
+        queued: r.queued,
+        scheduled: r.scheduled,
+        running: r.running,
+        failed: r.failed,
+        oldestDueSeconds: r.oldest_due_seconds === null ? null : Math.round(r.oldest_due_seconds * 1000) / 1000,
+        failuresLast24h: r.failures_last_24h,
+        workersAlive: r.workers_alive,
+        schedulerHealthy: r.scheduler_healthy,
+      }));
+    return await Promise.race([query, timeout]);
   } catch {
-    return false;
+    return null;
   } finally {
     clearTimeout(timer);
   }
 }
 
-export async function startApi({ authUrl, config, log, health }: ApiOptions): Promise<ApiHandle> {
+export async function startApi({ authUrl, config, log, health, tasks }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
   const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
   const development = config.mode === "development";
@@ -57,19 +89,24 @@ export async function startApi({ authUrl, config, log, health }: ApiOptions): Pr
       sessionLifetimeDays: config.accounts.sessionLifetimeDays,
       development,
       maskError: makeMaskError(loadErrorCodes(), apiLog),
+      tasks: tasks ?? (await loadTasks()),
     }),
   );
 
   const app = express();
   app.disable("x-powered-by");
   app.get("/healthz", async (_req, res) => {
-    const database = await databaseOk(pool);
+    // 503 only for what is wrong with this process (its database, its worker): a load balancer
+    // must not take every API process out because the workers elsewhere are down. The
+    // cluster's state is in `jobs` for monitoring (schedulerHealthy: some worker is alive).
+    const jobs = await jobFacts(pool, config.worker.deadAfterMs);
     const worker = health.workerRunning();
-    const ok = database && worker !== false;
+    const ok = jobs !== null && worker !== false;
     res.status(ok ? 200 : 503).json({
       status: ok ? "ok" : "unhealthy",
-      database: database ? "ok" : "unreachable",
+      database: jobs ? "ok" : "unreachable",
       worker: worker === null ? "not in this process" : worker ? "running" : "stopped",
+      jobs,
     });
   });
   app.use("/graphql", authenticate(pool, apiLog));

@@ -5,6 +5,7 @@ import fs from "node:fs/promises";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import type pg from "pg";
+import { z } from "zod";
 import { isTaskDefinition, resolveTask, type ResolvedTask } from "./task.ts";
 
 export const TASKS_DIR = path.resolve(import.meta.dirname, "../../tasks");
@@ -45,19 +46,35 @@ export async function loadTasks(dir = TASKS_DIR): Promise<ResolvedTask[]> {
  */
 export async function syncCatalogue(client: pg.ClientBase | pg.Pool, tasks: readonly ResolvedTask[]): Promise<void> {
   await client.query(
-    `insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms, synced_at)
-     select identifier, description, priority, max_attempts, time_limit_ms, now()
-     from unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::integer[])
-       as t(identifier, description, priority, max_attempts, time_limit_ms)
+    `insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms, soft_time_limit_ms, payload_schema, synced_at)
+     select identifier, description, priority, max_attempts, time_limit_ms, soft_time_limit_ms, payload_schema, now()
+     from unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[], $5::integer[], $6::integer[], $7::jsonb[])
+       as t(identifier, description, priority, max_attempts, time_limit_ms, soft_time_limit_ms, payload_schema)
      on conflict (identifier) do update set
-       description = excluded.description, priority = excluded.priority,
-       max_attempts = excluded.max_attempts, time_limit_ms = excluded.time_limit_ms, synced_at = now()`,
+       description = excluded.description, priority = excluded.priority, max_attempts = excluded.max_attempts,
+       time_limit_ms = excluded.time_limit_ms, soft_time_limit_ms = excluded.soft_time_limit_ms,
+       payload_schema = excluded.payload_schema, synced_at = now()`,
     [
       tasks.map((t) => t.identifier),
       tasks.map((t) => t.description),
       tasks.map((t) => t.priority),
       tasks.map((t) => t.maxAttempts),
       tasks.map((t) => t.timeLimitMs),
+      tasks.map((t) => t.softTimeLimitMs),
+      tasks.map((t) => payloadSchema(t)),
     ],
   );
+}
+
+/**
+ * The payload schema as JSON Schema (what a client may send), for the catalogue. A schema zod
+ * cannot express in JSON Schema (a custom refinement, say) is recorded as null rather than
+ * failing start-up: the worker still validates every payload with zod itself.
+ */
+export function payloadSchema(task: ResolvedTask): string | null {
+  try {
+    return JSON.stringify(z.toJSONSchema(task.payload, { io: "input", unrepresentable: "any" }));
+  } catch {
+    return null;
+  }
 }

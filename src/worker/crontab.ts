@@ -42,6 +42,7 @@ export interface ScheduleEntry {
   pattern: string;
   task: string;
   options: Record<string, unknown>;
+  payload: Record<string, unknown> | null;
 }
 
 /** The entries of the crontab as app_public.schedules records them (no task validation: migrations run this). */
@@ -54,5 +55,6 @@ export async function readSchedules(file = CRONTAB_FILE): Promise<ScheduleEntry[
     pattern: (lines[i] ?? "").split(/\s+/).slice(0, 5).join(" "),
     task: item.task,
     options: Object.fromEntries(Object.entries(item.options).filter(([, v]) => v !== undefined)),
+    payload: item.payload,
   }));
 }

@@ -13,6 +13,9 @@ export const PRIORITY = { userFacing: 0, maintenance: 10 } as const;
 
 export const TASK_DEFAULTS = { priority: PRIORITY.userFacing, maxAttempts: 25, timeLimitMs: 60_000 } as const;
 
+/** Without a declared soft limit, the abort signal fires at this share of the hard limit (240 s of 300 s). */
+export const SOFT_LIMIT_SHARE = 0.8;
+
 export interface EnqueueOptions {
   runAt?: Date;
   jobKey?: string;
@@ -23,7 +26,10 @@ export interface EnqueueOptions {
 
 export interface TaskContext {
   job: Job;
-  /** Aborted when the time limit passes or the worker shuts down: pass it to I/O. */
+  /**
+   * Aborted at the task's soft time limit (wind down: the reason is a TaskSoftTimeoutError), at
+   * its hard limit, or when the worker shuts down. Pass it to I/O.
+   */
   signal: AbortSignal;
   log: Logger;
   config: Config;
@@ -66,7 +72,10 @@ export interface TaskDefinition<S extends z.ZodType = z.ZodType> {
   payload: S;
   priority?: number;
   maxAttempts?: number;
+  /** Hard limit: the attempt fails as timed_out (and is retried). */
   timeLimitMs?: number;
+  /** Soft limit: the abort signal fires, so the task can stop cleanly. Below timeLimitMs. */
+  softTimeLimitMs?: number;
   run(payload: z.output<S>, ctx: TaskContext): Promise<TaskResult>;
 }
 
@@ -77,6 +86,7 @@ export interface ResolvedTask {
   priority: number;
   maxAttempts: number;
   timeLimitMs: number;
+  softTimeLimitMs: number;
   run(payload: unknown, ctx: TaskContext): Promise<TaskResult>;
 }
 
@@ -91,13 +101,22 @@ export function isTaskDefinition(value: unknown): value is TaskDefinition {
 }
 
 export function resolveTask(identifier: string, def: TaskDefinition): ResolvedTask {
+  const timeLimitMs = def.timeLimitMs ?? TASK_DEFAULTS.timeLimitMs;
+  const softTimeLimitMs = def.softTimeLimitMs ?? Math.floor(timeLimitMs * SOFT_LIMIT_SHARE);
+  if (!(Number.isInteger(timeLimitMs) && timeLimitMs > 0) || !(Number.isInteger(softTimeLimitMs) && softTimeLimitMs > 0)) {
+    throw new Error(`Task ${identifier}: time limits must be positive whole milliseconds`);
+  }
+  if (softTimeLimitMs >= timeLimitMs) {
+    throw new Error(`Task ${identifier}: softTimeLimitMs (${softTimeLimitMs}) must be below timeLimitMs (${timeLimitMs})`);
+  }
   return {
     identifier,
     description: def.description,
     payload: def.payload,
     priority: def.priority ?? TASK_DEFAULTS.priority,
     maxAttempts: def.maxAttempts ?? TASK_DEFAULTS.maxAttempts,
-    timeLimitMs: def.timeLimitMs ?? TASK_DEFAULTS.timeLimitMs,
+    timeLimitMs,
+    softTimeLimitMs,
     run: def.run as ResolvedTask["run"],
   };
 }

@@ -1,9 +1,10 @@
 // The task wrapper every task runs inside: validates the payload, records the run in the job
-// history, applies the task's time limit, and logs with task/job/attempt context.
+// history, applies the task's time limits, and logs with task/job/attempt context.
 //
 // Outcomes: return → succeeded (or skipped); throw → failed_retrying, or failed_permanently on
-// the last attempt (graphile-worker retries with exponential backoff); time limit → timed_out
-// (retried like a failure). An invalid payload or a thrown PermanentFailure can never succeed, so
+// the last attempt (graphile-worker retries with exponential backoff); soft time limit → the
+// task's abort signal fires (it should stop cleanly; whatever it then returns or throws is
+// recorded as usual); hard time limit → timed_out (retried like a failure). An invalid payload or a thrown PermanentFailure can never succeed, so
 // it is recorded as failed_permanently and the job is completed, not retried (graphile-worker
 // cannot fail a job it has locked; the history keeps the payload).
 import type { JobHelpers, Task } from "graphile-worker";
@@ -25,6 +26,19 @@ export interface WrapRuntime {
 
 export class TaskTimeoutError extends Error {
   override name = "TaskTimeoutError";
+}
+
+/** The abort reason at a task's soft time limit (a task that throws it has timed out too). */
+export class TaskSoftTimeoutError extends TaskTimeoutError {
+  override name = "TaskSoftTimeoutError";
+}
+
+/** The time limit behind an error: itself, or the cause of an AbortError (what signal-aware I/O throws). */
+function timeoutBehind(err: unknown): TaskTimeoutError | null {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (e instanceof TaskTimeoutError) return e;
+  }
+  return null;
 }
 
 const ENQUEUE_SQL = "select app_private.add_job($1, $2::json, $3, $4, $5, $6, $7)::text as id";
@@ -79,8 +93,8 @@ function withoutCronMarker(payload: unknown): unknown {
 /**
  * What a running task sees (TaskContext). A class, so that the per-job cost is one object: the
  * abort controller, the combined signal and the child logger are built only if the task uses
- * them. After the time limit the signal is aborted (even if first asked for later) and the
- * database helpers refuse new work; a query already running is ended by the worker pool's
+ * them. After the soft time limit the signal is aborted (even if first asked for later); after
+ * the hard limit the database helpers also refuse new work; a query already running is ended by the worker pool's
  * statement_timeout (see runner.ts).
  */
 class JobContext implements TaskContext {
@@ -89,6 +103,7 @@ class JobContext implements TaskContext {
   readonly services: Services;
   readonly cron: TaskContext["cron"];
   timedOut: TaskTimeoutError | undefined;
+  private wound: TaskSoftTimeoutError | TaskTimeoutError | undefined;
   private readonly helpers: JobHelpers;
   private readonly taskLog: Logger;
   private limit: AbortController | undefined;
@@ -110,7 +125,7 @@ class JobContext implements TaskContext {
   get signal(): AbortSignal {
     if (!this._signal) {
       this.limit ??= new AbortController();
-      if (this.timedOut) this.limit.abort(this.timedOut);
+      if (this.wound) this.limit.abort(this.wound);
       this._signal = AbortSignal.any([this.limit.signal, this.helpers.abortSignal]);
     }
     return this._signal;
@@ -136,8 +151,16 @@ class JobContext implements TaskContext {
       this.timedOut ? Promise.reject(this.timedOut) : enqueue(this.helpers, identifier, payload, options));
   }
 
+  /** Soft limit: ask the task to stop. */
+  windDown(reason: TaskSoftTimeoutError): void {
+    this.wound ??= reason;
+    this.limit?.abort(reason);
+  }
+
+  /** Hard limit: the attempt is over. */
   expire(error: TaskTimeoutError): void {
     this.timedOut = error;
+    this.wound ??= error;
     this.limit?.abort(error);
   }
 }
@@ -146,6 +169,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
   const { history, workerId } = runtime;
   const taskLog = runtime.log.child({ task: task.identifier });
   const timeoutMessage = `Task ${task.identifier} exceeded its time limit of ${task.timeLimitMs} ms`;
+  const softMessage = `Task ${task.identifier} reached its soft time limit of ${task.softTimeLimitMs} ms`;
   return async (rawPayload, helpers) => {
     const job = helpers.job;
     const id = uuidv7();
@@ -186,10 +210,15 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
     }
 
     const started = performance.now();
-    let timer: NodeJS.Timeout | undefined;
+    let soft: NodeJS.Timeout | undefined;
+    let hard: NodeJS.Timeout | undefined;
     try {
       const result = await new Promise<TaskResult>((resolve, reject) => {
-        timer = setTimeout(() => {
+        soft = setTimeout(() => {
+          ctx.log.warn("job reached its soft time limit; its abort signal fired", { softTimeLimitMs: task.softTimeLimitMs });
+          ctx.windDown(new TaskSoftTimeoutError(softMessage));
+        }, task.softTimeLimitMs);
+        hard = setTimeout(() => {
           const err = new TaskTimeoutError(timeoutMessage);
           ctx.expire(err);
           reject(err);
@@ -210,16 +239,19 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
         return;
       }
       const last = job.attempts >= job.max_attempts;
-      const outcome = err instanceof TaskTimeoutError ? "timed_out" : last ? "failed_permanently" : "failed_retrying";
+      const timeout = timeoutBehind(err);
+      const outcome = timeout ? "timed_out" : last ? "failed_permanently" : "failed_retrying";
+      const error = errorText(timeout ?? err);
       ctx.log[last ? "error" : "warn"](last ? "job failed permanently" : "job failed; it will be retried", {
         outcome,
-        error: errorText(err),
+        error,
         ms: Math.round(performance.now() - started),
       });
-      history.finish(id, outcome, errorText(err), null);
+      history.finish(id, outcome, error, null);
       throw err;
     } finally {
-      clearTimeout(timer);
+      clearTimeout(soft);
+      clearTimeout(hard);
     }
   };
 }

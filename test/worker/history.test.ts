@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { setTimeout } from "node:timers/promises";
 import { z } from "zod";
 import { defineTask, resolveTask, skipped } from "../../src/worker/task.ts";
 import { REDACTED } from "../../src/worker/redact.ts";
@@ -37,17 +38,36 @@ const tasks = [
     },
   })),
   resolveTask("t_slow", defineTask({
-    description: "overruns its time limit",
+    description: "overruns its soft time limit; its wait ends with the abort signal's reason",
     payload: z.object({}),
-    timeLimitMs: 100,
+    softTimeLimitMs: 100,
+    timeLimitMs: 5000,
     async run(_p, { signal }) {
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, 5000);
-        signal.addEventListener("abort", () => {
-          clearTimeout(t);
-          resolve(undefined);
-        });
-      });
+      await setTimeout(10_000, undefined, { signal });
+    },
+  })),
+  resolveTask("t_stubborn", defineTask({
+    description: "ignores its abort signal until the hard limit",
+    payload: z.object({}),
+    softTimeLimitMs: 50,
+    timeLimitMs: 150,
+    async run() {
+      await setTimeout(3000);
+    },
+  })),
+  resolveTask("t_winds_down", defineTask({
+    description: "stops cleanly at its soft limit and reports how far it got",
+    payload: z.object({}),
+    softTimeLimitMs: 100,
+    timeLimitMs: 5000,
+    async run(_p, { signal, query }) {
+      let rounds = 0;
+      while (!signal.aborted && rounds < 1000) {
+        rounds++;
+        await setTimeout(10);
+      }
+      const { rows } = await query<{ ok: number }>("select 1 as ok");
+      return { rounds, reason: (signal.reason as Error).name, queryAfterSoftLimit: rows[0]!.ok };
     },
   })),
   resolveTask("t_ignores_limit", defineTask({
@@ -55,7 +75,7 @@ const tasks = [
     payload: z.object({}),
     timeLimitMs: 100,
     async run(_p, ctx) {
-      await new Promise((r) => setTimeout(r, 400));
+      await setTimeout(400);
       late.signalAborted = ctx.signal.aborted;
       late.queryError = await ctx.query("select 1").then(() => null, (e: Error) => e.name);
       late.done();
@@ -121,14 +141,34 @@ describe("job history", () => {
     expect(job).toMatchObject({ attempts: 2, max_attempts: 2, last_error: "boom", locked_by: null });
   });
 
-  it("records a run that exceeds the task's time limit as timed_out", async () => {
-    const id = await addJob("t_slow", {}, 1);
+  it("fires the abort signal at the soft time limit: a task whose I/O then throws is recorded as timed_out and retried", async () => {
+    const id = await addJob("t_slow", {}, 2);
     await drainJobs(db, tasks);
     const runs = (await jobRuns(db, "t_slow")).filter((r) => r.job_id === id);
     expect(runs).toHaveLength(1);
     expect(runs[0]!.outcome).toBe("timed_out");
-    expect(runs[0]!.error).toMatch(/time limit of 100 ms/);
+    expect(runs[0]!.error).toMatch(/soft time limit of 100 ms/);
+    // Ended by the soft limit, long before the hard one (5 s) or its own wait (10 s).
     expect(runs[0]!.duration_ms).toBeLessThan(4000);
+    expect((await listJobs(db)).find((j) => j.id === id)).toMatchObject({ attempts: 1 });
+  });
+
+  it("fails a task that ignores its abort signal at the hard time limit as timed_out", async () => {
+    const id = await addJob("t_stubborn", {}, 1);
+    await drainJobs(db, tasks);
+    const runs = (await jobRuns(db, "t_stubborn")).filter((r) => r.job_id === id);
+    expect(runs).toHaveLength(1);
+    expect(runs[0]!.outcome).toBe("timed_out");
+    expect(runs[0]!.error).toMatch(/exceeded its time limit of 150 ms/);
+    expect(runs[0]!.duration_ms).toBeLessThan(2900);
+  });
+
+  it("lets a task that stops cleanly at its soft limit finish: the signal's reason says why, and queries still work", async () => {
+    const id = await addJob("t_winds_down", {}, 1);
+    await drainJobs(db, tasks);
+    const [run] = (await jobRuns(db, "t_winds_down")).filter((r) => r.job_id === id);
+    expect(run).toMatchObject({ outcome: "succeeded", result: { reason: "TaskSoftTimeoutError", queryAfterSoftLimit: 1 } });
+    expect((run!.result as { rounds: number }).rounds).toBeLessThan(1000);
   });
 
   it("after the time limit a task sees its signal aborted and its database helpers refuse new queries", async () => {
