@@ -10,7 +10,7 @@ export default defineTask({
   priority: PRIORITY.userFacing,
   maxAttempts: 10,
   timeLimitMs: 60_000,
-  async run({ deliveryId }, { query, services, log }) {
-    return sendDelivery(deliveryId, { query, mailer: services.mailer, log });
+  async run({ deliveryId }, { query, services, log, job }) {
+    return sendDelivery(deliveryId, job, { query, mailer: services.mailer, log });
   },
 });

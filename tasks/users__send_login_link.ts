@@ -26,7 +26,7 @@ export default defineTask({
       recipient: user.email,
       data: { expiresMinutes: TOKEN_MINUTES },
     });
-    const claimed = await claimDelivery(query, deliveryId);
+    const claimed = await claimDelivery(query, deliveryId, job);
     if ("notClaimed" in claimed) return skipped(claimed.notClaimed);
 
     const token = randomBytes(32).toString("base64url");

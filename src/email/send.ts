@@ -1,6 +1,8 @@
 // Sends one recorded email (app_private.email_deliveries) at most once. The row is claimed
-// (pending -> sending) before anything goes out; a job that finds it sending, sent or failed does
-// nothing. A transient failure puts it back to pending and throws (the job retries with backoff);
+// (pending -> sending, with the claiming job and attempt) before anything goes out; a job that
+// finds it sending, sent or failed does nothing — except the next attempt of the job whose
+// earlier attempt claimed it: that attempt died mid-send (its worker was killed), so the delivery
+// is marked failed as interrupted (it may or may not have arrived) and is not sent again. A transient failure puts it back to pending and throws (the job retries with backoff);
 // a permanent one (5xx, or a template that cannot render) marks it failed, suppresses a refused
 // address, and fails the job without retries.
 import { createHash } from "node:crypto";
@@ -22,19 +24,35 @@ export interface Claimed {
 
 export type Query = JobHelpers["query"];
 
+export const INTERRUPTED = "interrupted while sending (its worker stopped); it may or may not have arrived, and is not sent again";
+
+/** The job attempt claiming a delivery: graphile-worker's job id and attempt number. */
+export interface ClaimingJob {
+  id: string;
+  attempts: number;
+}
+
 /**
  * Claims a delivery for sending (pending -> sending). Null with the reason when it is not
- * pending: it is being sent, was sent, failed, or does not exist.
+ * pending: it is being sent, was sent, failed, or does not exist — or an earlier attempt of this
+ * same job claimed it and died mid-send, in which case it is marked failed as interrupted.
  */
-export async function claimDelivery(query: Query, deliveryId: number): Promise<Claimed | { notClaimed: string }> {
+export async function claimDelivery(query: Query, deliveryId: number, job: ClaimingJob): Promise<Claimed | { notClaimed: string }> {
   const { rows } = await query<Claimed>(
-    `update app_private.email_deliveries d set state = 'sending', attempts = d.attempts + 1
+    `update app_private.email_deliveries d set state = 'sending', attempts = d.attempts + 1, claimed_by_job = $2, claimed_attempt = $3
      where d.id = $1 and d.state = 'pending'
      returning d.key, d.template, d.recipient, d.data,
        exists (select 1 from app_private.email_suppressions s where s.address = lower(d.recipient)) as suppressed`,
-    [deliveryId],
+    [deliveryId, job.id, job.attempts],
   );
   if (rows[0]) return rows[0];
+  const { rows: interrupted } = await query(
+    `update app_private.email_deliveries set state = 'failed', last_error = $4
+     where id = $1 and state = 'sending' and claimed_by_job = $2 and claimed_attempt < $3
+     returning id`,
+    [deliveryId, job.id, job.attempts, INTERRUPTED],
+  );
+  if (interrupted[0]) return { notClaimed: `delivery ${deliveryId} was ${INTERRUPTED}` };
   const { rows: current } = await query<{ state: string }>("select state from app_private.email_deliveries where id = $1", [deliveryId]);
   return { notClaimed: current[0] ? `delivery ${deliveryId} is ${current[0].state}` : `delivery ${deliveryId} does not exist` };
 }
@@ -58,8 +76,8 @@ export async function recordDelivery(
   return Number(rows[0]!.id);
 }
 
-export async function sendDelivery(deliveryId: number, deps: SendDeps): Promise<TaskResult> {
-  const claimed = await claimDelivery(deps.query, deliveryId);
+export async function sendDelivery(deliveryId: number, job: ClaimingJob, deps: SendDeps): Promise<TaskResult> {
+  const claimed = await claimDelivery(deps.query, deliveryId, job);
   if ("notClaimed" in claimed) return skipped(claimed.notClaimed);
   return sendClaimed(deliveryId, claimed, deps);
 }

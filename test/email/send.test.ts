@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadTasks } from "../../src/worker/catalogue.ts";
 import type { ResolvedTask } from "../../src/worker/task.ts";
+import { claimDelivery, INTERRUPTED, type Query } from "../../src/email/send.ts";
 import { createTestDb, drainJobs, jobRuns, listJobs, makeJobsDue, testConfig, type TestDb } from "../helpers/db.ts";
 import { startSmtpSink, type SmtpSink } from "../helpers/smtp.ts";
 
@@ -115,6 +116,21 @@ describe("send_email", () => {
     expect(smtp.received.filter((m) => m.to === "dup@example.com")).toHaveLength(1);
     const runs = (await jobRuns(db, "send_email")).filter((r) => (r.payload as { deliveryId: number }).deliveryId === Number(id));
     expect(runs.map((r) => r.outcome).sort()).toEqual(["skipped", "succeeded"]);
+  });
+
+  it("a claim left by a dead attempt of the same job is marked interrupted, not sent; another job's claim is left alone", async () => {
+    const id = Number(await queueEmail("crash:1", "crash@example.com"));
+    await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs))");
+    const query = ((text: string, values?: unknown[]) => db.pool.query(text, values)) as Query;
+    // Attempt 1 of job 77 claims it, then its worker dies before sending.
+    expect(await claimDelivery(query, id, { id: "77", attempts: 1 })).toMatchObject({ recipient: "crash@example.com" });
+    // Another job (a duplicate enqueued by hand) must not touch a send in progress.
+    expect(await claimDelivery(query, id, { id: "78", attempts: 2 })).toEqual({ notClaimed: `delivery ${id} is sending` });
+    expect((await deliveries("crash:"))[0]).toMatchObject({ state: "sending" });
+    // Attempt 2 of job 77 (released by crash recovery) knows attempt 1 died mid-send.
+    expect(await claimDelivery(query, id, { id: "77", attempts: 2 })).toEqual({ notClaimed: `delivery ${id} was ${INTERRUPTED}` });
+    expect((await deliveries("crash:"))[0]).toMatchObject({ state: "failed", last_error: INTERRUPTED, attempts: 1 });
+    expect(smtp.received.filter((m) => m.to === "crash@example.com")).toHaveLength(0);
   });
 
   it("a render error fails the job permanently and sends nothing", async () => {

@@ -23,8 +23,12 @@ export interface SmtpSink {
 }
 
 
-/** `parse: false` only counts messages (for benchmarks: parsing would compete with the sender). */
-export async function startSmtpSink(options: { parse?: boolean } = {}): Promise<SmtpSink & { count: number }> {
+/**
+ * `parse: false` only counts messages (for benchmarks: parsing would compete with the sender).
+ * `holdMs` delays the final "250 OK" after a message is recorded: the message has arrived, but
+ * the sender does not know yet (for tests that kill the sender in that window).
+ */
+export async function startSmtpSink(options: { parse?: boolean; holdMs?: number } = {}): Promise<SmtpSink & { count: number }> {
   const attempts = new Map<string, number>();
   const sink: SmtpSink & { count: number } = {
     count: 0,
@@ -46,7 +50,8 @@ export async function startSmtpSink(options: { parse?: boolean } = {}): Promise<
       }
       callback();
     },
-    onData(stream, session, callback) {
+    onData(stream, session, reply) {
+      const callback = (err?: Error) => (options.holdMs ? setTimeout(() => reply(err), options.holdMs) : reply(err));
       const chunks: Buffer[] = [];
       stream.on("data", (c: Buffer) => chunks.push(c));
       stream.on("end", () => {
