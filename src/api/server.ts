@@ -1,5 +1,5 @@
 // The HTTP server: /graphql (PostGraphile), /graphiql in development, /healthz for probes,
-// POST /uploads for files.
+// /metrics for Prometheus, POST /uploads for files.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
@@ -13,6 +13,7 @@ import { authenticate } from "./auth.ts";
 import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
+import { metricsHandler } from "./metrics.ts";
 import { loadTasks } from "../worker/catalogue.ts";
 import type { ResolvedTask } from "../worker/task.ts";
 
@@ -30,7 +31,7 @@ export interface ApiHandle {
 
 export interface ApiOptions {
   authUrl: string;
-  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads" | "worker">;
+  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads" | "worker" | "metricsToken">;
   log: Logger;
   health: HealthCheck;
   /** For triggerTask's payload check; loaded from tasks/ when not given. */
@@ -109,6 +110,7 @@ export async function startApi({ authUrl, config, log, health, tasks }: ApiOptio
       jobs,
     });
   });
+  app.get("/metrics", metricsHandler(pool, { deadAfterMs: config.worker.deadAfterMs, token: config.metricsToken, log: apiLog }));
   app.use("/graphql", authenticate(pool, apiLog));
   app.post("/uploads", authenticate(pool, apiLog), uploadHandler(pool, config, apiLog));
 

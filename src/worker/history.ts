@@ -14,6 +14,7 @@
 // be written (bad data) is dropped on its own, with an error log, so it cannot block the rest.
 import type pg from "pg";
 import type { Logger } from "../log.ts";
+import { DURATION_BUCKETS_MS, LATENESS_BUCKETS_MS } from "../metrics/buckets.ts";
 
 export type Outcome =
   | "running"
@@ -58,10 +59,17 @@ const VALUES = `(r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, r->>4, (r->>5)::in
   $3::text, to_timestamp((r->>8)::double precision / 1000), to_timestamp((r->>9)::double precision / 1000),
   to_timestamp(((r->>9)::double precision + (r->>10)::double precision) / 1000),
   (r->>10)::double precision, r->>11, r->>12, r->13`;
+// The metrics (app_private.job_metrics, for /metrics) are added from the rows this statement
+// actually wrote, so a retried batch, or a completion the database ignores (crash recovery marked
+// the run abandoned meanwhile), is never counted twice. Abandoned runs are counted by a trigger.
+const bucketCounts = (value: string, bounds: readonly number[]) =>
+  `array[${bounds.map((b) => `count(*) filter (where ${value} <= ${b})`).join(", ")}]::bigint[]`;
+const addArrays = (column: string) => `array(select a + b from unnest(m.${column}, excluded.${column}) u(a, b))`;
 const WRITE = `
 with fresh as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($1::jsonb) r
+  returning task_identifier, outcome, duration_ms, started_at, run_at
 ), completed as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($2::jsonb) r
@@ -69,6 +77,25 @@ with fresh as (
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, outcome = excluded.outcome,
     error = excluded.error, result = excluded.result
   where job_runs.outcome = 'running'
+  returning task_identifier, outcome, duration_ms, started_at, run_at
+), done as (
+  select task_identifier as t, outcome as o, duration_ms as d,
+         greatest(0, extract(epoch from started_at - run_at) * 1000) as l
+  from (select * from fresh union all select * from completed) w
+  where outcome not in ('running', 'abandoned')
+), totals as (
+  select t, o, count(*) as runs, coalesce(sum(d), 0) as d_sum, ${bucketCounts("d", DURATION_BUCKETS_MS)} as d_buckets,
+         count(l) as l_count, coalesce(sum(l), 0) as l_sum, ${bucketCounts("l", LATENESS_BUCKETS_MS)} as l_buckets
+  from done group by t, o
+), metrics as (
+  insert into app_private.job_metrics as m (task_identifier, outcome, shard, runs, duration_sum_ms, duration_buckets,
+                                            lateness_count, lateness_sum_ms, lateness_buckets)
+  select t, o, $4::smallint, runs, d_sum, d_buckets, l_count, l_sum, l_buckets from totals
+  on conflict (task_identifier, outcome, shard) do update set
+    runs = m.runs + excluded.runs, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
+    duration_buckets = ${addArrays("duration_buckets")},
+    lateness_count = m.lateness_count + excluded.lateness_count, lateness_sum_ms = m.lateness_sum_ms + excluded.lateness_sum_ms,
+    lateness_buckets = ${addArrays("lateness_buckets")}
 )
 select 1`;
 
@@ -106,6 +133,8 @@ export class HistoryWriter {
   private readonly maxPending: number;
   private readonly pool: pg.Pool;
   private readonly options: HistoryOptions;
+  /** Which of app_private.job_metrics' eight shards this writer adds to (spreads row locks). */
+  private readonly shard = Math.floor(Math.random() * 8);
 
   constructor(pool: pg.Pool, options: HistoryOptions) {
     this.pool = pool;
@@ -265,7 +294,7 @@ export class HistoryWriter {
     const fresh: unknown[] = [];
     const completed: unknown[] = [];
     for (const r of records) (this.written.has(r.id) ? completed : fresh).push(row(r));
-    await this.pool.query(WRITE, [JSON.stringify(fresh), JSON.stringify(completed), records[0]?.workerId ?? null]);
+    await this.pool.query(WRITE, [JSON.stringify(fresh), JSON.stringify(completed), records[0]?.workerId ?? null, this.shard]);
   }
 
 
