@@ -28,6 +28,78 @@ export function createPool(connectionString: string, options: PoolOptions, log: 
   return pool;
 }
 
+/** Node's errors for a connection that broke or could not be made. */
+const NETWORK_ERRORS = new Set(["ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTCONN"]);
+
+/**
+ * True when a query failed because its connection was lost (server restart, failover, a
+ * terminated backend, a network cut) or could not be opened: the statement did not run to its end
+ * on that connection and a new one may succeed. False for errors of the statement itself.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  if (err instanceof pg.DatabaseError) {
+    // 08: connection exception; 57P01-57P03: admin or crash shutdown, cannot connect now.
+    return /^(08|57P0[1-3])/.test(err.code ?? "");
+  }
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && NETWORK_ERRORS.has(code)) return true;
+  // pg's own messages for a client whose connection ended (they carry no code).
+  return /Connection terminated|not queryable|Client was closed/i.test(err.message);
+}
+
+type AnyQuery = (...args: unknown[]) => unknown;
+const ORIGINAL_QUERY = Symbol("original query");
+type RetryingClient = pg.PoolClient & { [ORIGINAL_QUERY]: AnyQuery };
+
+/**
+ * Makes the named statements that `retry` picks re-run, on a new connection from the same pool,
+ * when their connection is lost mid-flight: with backoff (100 ms doubling to 5 s) until they
+ * succeed, fail for another reason, or `giveUp()` says to stop. Only for statements that are
+ * safe to run twice (one whose first run committed but whose reply was lost runs again) and that
+ * run outside a transaction. The caller keeps the broken client until the retry settles; the
+ * pool drops it when it is released.
+ */
+export function retryOnConnectionLoss(
+  pool: pg.Pool,
+  options: { retry: (statementName: string) => boolean; giveUp: () => boolean; log: Logger },
+): void {
+  const again = async (config: pg.QueryConfig, err: unknown): Promise<pg.QueryResult> => {
+    options.log.warn("a statement lost its connection; running it again on a new one", { statement: config.name, err });
+    for (let attempt = 1; ; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.min(5000, 50 * 2 ** attempt)));
+      if (options.giveUp()) throw err;
+      let client: RetryingClient | null = null;
+      try {
+        client = (await pool.connect()) as RetryingClient;
+        const result = (await client[ORIGINAL_QUERY](config)) as pg.QueryResult;
+        client.release();
+        return result;
+      } catch (failed) {
+        const lost = isConnectionLoss(failed);
+        // A broken client is destroyed rather than returned to the pool.
+        client?.release(lost ? (failed as Error) : undefined);
+        if (!lost) throw failed;
+        err = failed;
+      }
+    }
+  };
+  pool.on("connect", (c) => {
+    const client = c as RetryingClient;
+    const query = (client[ORIGINAL_QUERY] = client.query.bind(client) as AnyQuery);
+    (client as unknown as { query: AnyQuery }).query = (...args) => {
+      const config = args[0] as pg.QueryConfig | null;
+      if (args.length !== 1 || typeof config !== "object" || typeof config?.name !== "string" || !options.retry(config.name)) {
+        return query(...args);
+      }
+      return (query(config) as Promise<pg.QueryResult>).catch((err: unknown) => {
+        if (!isConnectionLoss(err)) throw err;
+        return again(config, err);
+      });
+    };
+  });
+}
+
 /** Replace the user and password of a connection string (the API's authenticator login). */
 export function withCredentials(connectionString: string, user: string, password: string): string {
   const url = new URL(connectionString);

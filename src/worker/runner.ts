@@ -4,13 +4,23 @@
 // graphile-worker 0.18 can leave a job that completes during shutdown locked for four hours when
 // the runner ends its own pool before the completion is written. We pass our own pool and end it
 // only after the runner has fully stopped and the job history is flushed.
+//
+// It also treats a job completion (or failure) write that fails as fatal: its batcher's retry
+// loop gives up after the first attempt and the worker pool starts shutting down "in an
+// inconsistent state" — a shutdown that, in our runs, never finished: the process kept
+// heartbeating while it ran nothing, and the job stayed locked for four hours. A Postgres restart
+// or failover, or a terminated backend, drops every connection, so a completion in flight at that
+// moment did exactly that (test/worker/outage.test.ts). Those writes are idempotent (delete by job
+// id; update only where still locked by this pool), so when one loses its connection it is run
+// again on a new one (retryOnConnectionLoss) instead; so is handing back unstarted jobs at
+// shutdown, which graphile-worker does not retry either.
 import { EventEmitter } from "node:events";
 import os from "node:os";
 import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { workerLogger, type Logger } from "../log.ts";
-import { createPool, warmPool } from "../db/pool.ts";
+import { createPool, retryOnConnectionLoss, warmPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
 import { wrapTask } from "./wrap.ts";
@@ -75,6 +85,15 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     },
     log,
   );
+  // graphile-worker's statements that complete, fail or hand back (on shutdown, where it does
+  // not retry either) locked jobs, by their prepared-statement names: complete_job/,
+  // complete_jobs/, complete_job_q/, fail_job/, fail_jobs/, fail_job_q/, return_job/, return_job_q/.
+  let forced = false;
+  retryOnConnectionLoss(pool, {
+    retry: (name) => /^(complete_jobs?|complete_job_q|fail_jobs?|fail_job_q|return_job|return_job_q)\//.test(name),
+    giveUp: () => forced,
+    log,
+  });
   // The history writer has one write in flight at a time, on its own connection (see history.ts).
   const historyPool = createPool(options.ownerUrl, { max: 1, name: "history", settings: "-c synchronous_commit=off" }, log);
   const history = new HistoryWriter(historyPool, { flushDelayMs: config.history.flushDelayMs, log: log.child({ component: "history" }) });
@@ -158,6 +177,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       log.info("worker stopping: finishing running jobs", { running: history.runningCount });
       const timeout = setTimeout(() => {
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
+        forced = true;
         void runner.kill().catch(() => {});
       }, w.shutdownTimeoutMs);
       wake?.stop();
