@@ -7,6 +7,7 @@ import path from "node:path";
 import nodemailer from "nodemailer";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
+import { composeMessage } from "./mime.ts";
 
 export interface OutgoingEmail {
   from: string;
@@ -48,7 +49,8 @@ function smtpTransport(smtpUrl: string, timeoutMs: number): Transport {
   return {
     description: `smtp://${url.host}`,
     async send(email) {
-      await transporter.sendMail(email);
+      // Composed in one piece (see mime.ts): it goes out in one write instead of a dozen.
+      await transporter.sendMail(composeMessage(email));
     },
     close: () => transporter.close(),
   };
