@@ -73,6 +73,13 @@ export class Heartbeat {
         deadWorker: r.label, pool: r.worker_id, released: r.released, abandoned: r.abandoned,
       });
     }
+    // graphile-worker's force_unlock_workers announces nothing, so idle workers would find the
+    // released jobs only at their next poll (up to WORKER_POLL_INTERVAL_MS later): tell them now,
+    // on the channel graphile-worker itself uses for new jobs (measured: ~1 s sooner at 2 s polls).
+    const released = rows.reduce((n, r) => n + Number(r.released), 0);
+    if (released > 0) {
+      await this.#pool.query("select pg_notify('jobs:insert', $1)", [JSON.stringify({ r: Math.random(), count: released })]);
+    }
     return rows.length;
   }
 

@@ -24,6 +24,19 @@ describe("database security", () => {
     expect(rows.filter((r) => !r.rls).map((r) => r.table)).toEqual([]);
   });
 
+  it("evaluates the signed-in user once per query in every policy, not once per row", async () => {
+    // current_user_id() and current_user_is_admin() cannot be inlined (security definer): called
+    // bare in a policy they run for every row; `(select ...)` makes them an InitPlan.
+    const { rows } = await db.pool.query<{ policy: string; expr: string }>(
+      `select tablename || '.' || policyname as policy, e as expr
+       from pg_policies, unnest(array[qual, with_check]) e
+       where schemaname like 'app\\_%' and e ~ 'current_user_(id|is_admin)\\(\\)'`,
+    );
+    expect(rows.length).toBeGreaterThan(20);
+    const bare = rows.filter((r) => r.expr.replace(/\( SELECT app_(hidden|public)\.current_user_(id|is_admin)\(\) AS current_user_(id|is_admin)\)/g, "").match(/current_user_(id|is_admin)\(\)/));
+    expect(bare).toEqual([]);
+  });
+
   it("has no security definer function without a pinned search_path", async () => {
     const { rows } = await db.pool.query<{ fn: string }>(
       `select p.oid::regprocedure::text as fn from pg_proc p join pg_namespace n on n.oid = p.pronamespace

@@ -227,6 +227,22 @@ describe("history aggregates", () => {
   });
 });
 
+describe("history by key prefix", () => {
+  it("finds the runs of one record through the key index, for admins only", async () => {
+    await db.pool.query(`
+      insert into app_public.job_runs (id, job_id, task_identifier, job_key, attempt, max_attempts, worker_id, started_at, finished_at, duration_ms, outcome)
+      select gen_random_uuid(), 5000 + g, 't_hist', k, 1, 1, 'test:1', now() - make_interval(mins => g), now(), 1, 'succeeded'
+      from (values (1, 'offers:42:expire'), (2, 'offers:42:notify'), (3, 'offers:420:expire'), (4, 'offers:4:expire')) v(g, k)`);
+    const res = await graphql(api, admin.token, `{ jobRunsByKeyPrefix(prefix: "offers:42:") { nodes { jobKey } } }`);
+    expect(res.errors).toBeUndefined();
+    expect(res.data.jobRunsByKeyPrefix.nodes).toEqual([{ jobKey: "offers:42:expire" }, { jobKey: "offers:42:notify" }]);
+    expect(await attempt(user.sessionId, "select * from app_public.job_runs_by_key_prefix('offers:42:')")).toBe("ADMIN");
+    expect(await attempt(admin.sessionId, "select * from app_public.job_runs_by_key_prefix('')")).toBe("JBKEY");
+    const { rows } = await db.pool.query("explain select * from app_public.job_runs where starts_with(job_key, 'offers:42:') order by started_at desc");
+    expect(rows.map((r) => r["QUERY PLAN"]).join("\n")).toContain("job_runs_key_started_idx");
+  });
+});
+
 describe("the overview", () => {
   it("gives queue depth, the oldest due job, failures in 24 hours and workers alive, to admins and on /healthz", async () => {
     await db.pool.query(`select graphile_worker.add_job('t_tick', '{"label": "a"}', run_at := now() - interval '90 seconds');
