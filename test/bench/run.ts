@@ -9,11 +9,13 @@
 //  3. CPU per job in the wrapper; 4. email rendering; 5. email end to end.
 //  6. Offers: expiry lateness, trigger cost of a bulk send, overdue sweep (test/bench/offers.ts).
 //  7. Webhooks: deliveries per second, commit-to-delivery latency at 50 events/s (test/bench/webhooks.ts).
+//  8. Control plane: admin queries at 20 concurrent clients over 1,000,000 history rows, through
+//     GraphQL and in SQL; recovery time after a worker is SIGKILLed (test/bench/control.ts).
 //
 // Environment: BENCH_DATABASE_URL (superuser; default: an embedded server in a temp directory),
 // BENCH_JOBS (default 50000), BENCH_ROUNDS (default 7), BENCH_START_ROUNDS (default 3),
-// BENCH_OFFERS_ROUNDS (default 3), BENCH_SECTIONS (default 1,2,3,4,5,6,7: which sections to run; the
-// results file then holds those only).
+// BENCH_OFFERS_ROUNDS (default 3), BENCH_SECTIONS (default 1,2,3,4,5,6,7,8: which sections to run;
+// the results file keeps the others from earlier runs).
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
@@ -34,6 +36,8 @@ import { createServices, type Services } from "../../src/worker/services.ts";
 import { databaseUrl } from "../helpers/env.ts";
 import { bulkCosts, expiryLateness, type BenchHelpers, type Lateness, type LatenessRun } from "./offers.ts";
 import { webhookBench, type WebhookFigures } from "./webhooks.ts";
+import * as controlPlane from "./control.ts";
+import type { ControlFigures, Latency } from "./control.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const JOBS = Number(process.env.BENCH_JOBS ?? 50_000);
@@ -343,7 +347,7 @@ async function emailRates(serverUrl: string): Promise<number[]> {
   return rates;
 }
 
-const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2,3,4,5,6,7").split(",").map((x) => x.trim()));
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2,3,4,5,6,7,8").split(",").map((x) => x.trim()));
 const OFFERS_ROUNDS = Number(process.env.BENCH_OFFERS_ROUNDS ?? 3);
 
 async function main() {
@@ -371,6 +375,7 @@ async function main() {
   let latePoll: LatenessRun | undefined;
   let bulk;
   let hooks: WebhookFigures | undefined;
+  let control: ControlFigures | undefined;
   try {
     if (SECTIONS.has("1")) {
       console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
@@ -393,6 +398,10 @@ async function main() {
       console.log(`7. webhook deliveries to a loopback receiver, ${OFFERS_ROUNDS} rounds of 2000; latency at 50 events/s`);
       hooks = await webhookBench(serverUrl, helpers, OFFERS_ROUNDS);
       console.log(`  latency p50 ${hooks.latency.p50} ms, p99 ${hooks.latency.p99} ms, max ${hooks.latency.max} ms`);
+    }
+    if (SECTIONS.has("8")) {
+      console.log(`8. control plane: admin queries alone and at ${controlPlane.CLIENTS} concurrent clients over 1,000,000 history rows; recovery after SIGKILL`);
+      control = await controlPlane.controlBench(serverUrl, helpers, [{ deadAfterMs: 3000, rounds: 5 }, { deadAfterMs: defaults.worker.deadAfterMs, rounds: 3 }]);
     }
   } finally {
     await stop();
@@ -578,6 +587,57 @@ async function main() {
       `| | ${hooks.latency.n} | ${hooks.latency.p50} | ${hooks.latency.p99} | ${hooks.latency.max} | p99 ≤ 1000 |`,
       "",
     );
+  }
+  if (control) {
+    const ms = (x: number) => (Number.isNaN(x) ? "–" : x.toFixed(1));
+    const lat = (l: Latency) =>
+      l.n || l.timeouts ? `${ms(l.p50)} | ${ms(l.p95)} | ${ms(l.max)} | ${l.n}${l.timeouts ? ` (+${l.timeouts} timed out)` : ""}` : "– | – | – | not run";
+    const alone = (l: Latency) => (l.timeouts ? `timed out (${l.n} answered)` : ms(l.p50));
+    const c = controlPlane;
+    const verdict = (q: ControlFigures["queries"][number]) =>
+      q.reference ? "(reference)" : q.graphql.p95 <= c.GOAL_P95_MS && !q.graphql.timeouts ? "met" : "**missed**";
+    const seconds = (x: number) => (x / 1000).toFixed(1);
+    const byDeadAfter = Map.groupBy(control.recovery, (r) => r.deadAfterMs);
+    lines.push(
+      "## 8. Control plane",
+      "",
+      `${control.historyRows.toLocaleString("en")} rows of job history over ${c.HISTORY_DAYS} days (every crontab entry's ticks; the other tasks' runs by`,
+      "weight, with their real key shapes such as `offers:<n>:expire`; 95.5% succeeded, 2% failed_retrying, 0.5% failed_permanently,",
+      `0.3% timed_out, 0.2% abandoned, 1.5% skipped), ${control.queueJobs.toLocaleString("en")} jobs in the queue (scheduled, due, 150 failed), ${control.tasks} tasks,`,
+      `${control.schedules} schedules, four worker heartbeats; VACUUM ANALYZE after the load (${control.loadSeconds.toFixed(0)} s in all).`,
+      "",
+      `Each query runs alone first (one client: two requests to warm up, then up to ${c.SINGLE_REQUESTS} or ${c.SINGLE_LIMIT_MS / 1000} s), then from`,
+      `${c.CLIENTS} clients at once, each sending its next request as soon as the last one answered (up to ${c.REQUESTS} requests or ${c.PHASE_LIMIT_MS / 1000} s):`,
+      `a closed loop without think time, so on ${os.cpus().length} cores a request that costs *c* ms alone waits about ${c.CLIENTS}·*c*/${os.cpus().length} ms.`,
+      "GraphQL: `POST /graphql` as an admin (bearer session) to the API in a process of its own (NODE_ENV=production, pool of 20).",
+      "SQL: the same query as the visitor role with the admin's session, timed from `begin` to `commit`. Both under the API's",
+      `statement_timeout (${c.STATEMENT_TIMEOUT_MS} ms): a cancelled request is counted, not timed; a query that timed out alone is not run`,
+      `at ${c.CLIENTS} clients. Offer ids in lookups are random (1–50,000; most have one to a few runs). The first row is a reference,`,
+      "not one of the issue's queries: one row by key, what a request through the API costs at the least.",
+      "",
+      `| query | GraphQL alone p50 ms | GraphQL p50 ms | p95 ms | max ms | n | SQL alone p50 ms | SQL p50 ms | p95 ms | max ms | n | GraphQL p95 ≤ ${c.GOAL_P95_MS} ms |`,
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+      ...control.queries.map((q) => `| ${q.name} | ${alone(q.graphqlAlone)} | ${lat(q.graphql)} | ${alone(q.sqlAlone)} | ${lat(q.sql)} | ${verdict(q)} |`),
+      "",
+      `Crash recovery, on the same database, with real worker processes (test/helpers/worker-process.ts): a victim takes ${c.KILLED_JOBS} jobs`,
+      `that would run for ten minutes (${c.VICTIM_CONCURRENCY} running, the rest in its local queue); a second worker starts and beats; the victim is`,
+      "SIGKILLed at a random point of the live worker's recovery cycle (every third of WORKER_DEAD_AFTER_MS). Released = its jobs",
+      "unlocked by that recovery (seen by polling every 20 ms); running again = `started_at` of each job's next run, on the live",
+      "worker. Both workers have the same WORKER_DEAD_AFTER_MS. The recovering worker announces the released jobs on",
+      "`jobs:insert` (graphile_worker.force_unlock_workers itself announces nothing), so they start without waiting for a poll.",
+      "",
+      "| WORKER_DEAD_AFTER_MS | kills | kill → released, median (max) s | kill → first running again, median (max) s | kill → all running again, median (max) s |",
+      "|---:|---:|---:|---:|---:|",
+      ...[...byDeadAfter].map(([deadAfter, rs]) =>
+        `| ${deadAfter} | ${rs.length} | ${seconds(median(rs.map((r) => r.releasedMs)))} (${seconds(Math.max(...rs.map((r) => r.releasedMs)))}) | ` +
+          `${seconds(median(rs.map((r) => r.firstMs)))} (${seconds(Math.max(...rs.map((r) => r.firstMs)))}) | ` +
+          `${seconds(median(rs.map((r) => r.allMs)))} (${seconds(Math.max(...rs.map((r) => r.allMs)))}) |`,
+      ),
+      "",
+    );
+    for (const [name, plan] of control.plans) {
+      lines.push(`Plan of "${name}" in SQL, as the visitor with the admin's session, after the timed requests:`, "", "```", ...plan, "```", "");
+    }
   }
   const fresh = splitSections(lines.join("\n"), runLine);
   const file = path.join(ROOT, "BENCHMARKS.md");

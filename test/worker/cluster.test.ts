@@ -58,7 +58,7 @@ async function heartbeating(): Promise<string[]> {
 }
 
 describe("three worker processes on one crontab", () => {
-  it("each tick runs exactly once across the cluster; a paused schedule's tick is skipped exactly once; after resuming the next tick runs", async () => {
+  it("each tick runs exactly once across the cluster; a paused schedule's tick is skipped exactly once; after resuming the next tick runs; run-now runs once at once", async () => {
     const admin = await signIn(db, (await createUser(db, { isAdmin: true })).id);
     const env = { CRONTAB_FILE: CRONTAB, WORKER_DEAD_AFTER_MS: "6000", WORKER_CONCURRENCY: "2" };
     workers.push(...(await Promise.all([1, 2, 3].map(() => spawnWorkerProcess(db, env)))));
@@ -82,6 +82,16 @@ describe("three worker processes on one crontab", () => {
     // Tick 3 runs again.
     await until("tick 3 to run", t3 + 30_000, async () => (await runsOf(t3)).find((r) => r.outcome === "succeeded"));
     expect(await heartbeating()).toEqual(poolIds);
+
+    // Run now: one job, taken by one of the three, at once (not at the next tick).
+    const asked = Date.now();
+    await asUser(db, admin.sessionId, (c) => c.query("select app_public.run_schedule('t_tick', 'run now from the test')"));
+    const ranNow = await until("the run-now job to run", asked + 10_000, async () => {
+      const { rows } = await db.pool.query<{ outcome: string; job_key: string; started_at: Date }>(
+        "select outcome, job_key, started_at from app_public.job_runs where task_identifier = 't_tick' and payload->'_cron' is null and outcome <> 'running'",
+      );
+      return rows.length ? rows : null;
+    });
     await sleep(1000); // a duplicate, if there were one, would have been written by now (history flushes every 100 ms)
 
     // Every process scheduled every tick; the database kept one job per tick.
@@ -98,18 +108,23 @@ describe("three worker processes on one crontab", () => {
 
     // The task itself ran once per tick that was not paused, and never twice for any tick (a tick
     // before t1, scheduled while the processes were starting, is allowed but must be single too).
-    const { rows: ticks } = await db.pool.query<{ ts: Date; n: number }>(
+    const { rows: ticks } = await db.pool.query<{ ts: Date | null; n: number }>(
       "select ts, count(*)::int as n from public.t_ticks group by ts order by ts",
     );
-    expect(ticks.filter((t) => t.ts.getTime() >= t1)).toEqual([
+    expect(ticks.filter((t) => t.ts !== null && t.ts.getTime() >= t1)).toEqual([
       { ts: new Date(t1), n: 1 },
       { ts: new Date(t3), n: 1 },
     ]);
+    // The run-now: exactly once, under the schedule's key, within seconds of being asked for.
+    expect(ticks.filter((t) => t.ts === null)).toEqual([{ ts: null, n: 1 }]);
+    expect(ranNow).toEqual([{ outcome: "succeeded", job_key: "cron:t_tick", started_at: expect.any(Date) }]);
+    expect(ranNow[0]!.started_at.getTime() - asked).toBeLessThan(10_000);
     expect(ticks.every((t) => t.n === 1)).toBe(true);
     const { rows: audit } = await db.pool.query("select action, target, reason from app_public.admin_actions order by id");
     expect(audit).toEqual([
       { action: "pause_schedule", target: "schedule:t_tick", reason: "cluster test" },
       { action: "resume_schedule", target: "schedule:t_tick", reason: null },
+      { action: "run_schedule", target: "schedule:t_tick", reason: "run now from the test" },
     ]);
 
     // A clean stop of all three: exit 0, no job left locked, no heartbeat left behind.
