@@ -59,6 +59,33 @@ describe("schedules", () => {
     ]);
   });
 
+  it("resuming with replay runs each skipped tick once, with its own tick time; without replay nothing is queued", async () => {
+    const queued = async () => (await db.pool.query("select count(*)::int as n from graphile_worker.jobs")).rows[0].n as number;
+    expect(await attempt(admin.sessionId, "select app_public.pause_schedule('sessions_sweep', 'replay test')", [])).toBeNull();
+    await tick("sessions_sweep", "sessions__sweep");
+    await tick("sessions_sweep", "sessions__sweep");
+    const skipped = (await jobRuns(db, "sessions__sweep")).filter((r) => r.outcome === "skipped");
+    expect(skipped).toHaveLength(2);
+    const skippedTicks = skipped.map((r) => (r.payload as { _cron: { ts: string } })._cron.ts).sort();
+    expect(new Set(skippedTicks).size).toBe(2);
+
+    expect(await attempt(admin.sessionId, "select app_public.resume_schedule('sessions_sweep', 'catch up', replay => true)", [])).toBeNull();
+    expect(await queued()).toBe(2);
+    await drainJobs(db, tasks.filter((t) => t.identifier === "sessions__sweep"));
+    const replayed = (await jobRuns(db, "sessions__sweep")).slice(-2);
+    expect(replayed.map((r) => r.outcome)).toEqual(["succeeded", "succeeded"]);
+    expect(replayed.map((r) => (r.payload as { _cron: { ts: string; backfilled: boolean } })._cron).sort((a, b) => a.ts.localeCompare(b.ts)))
+      .toEqual(skippedTicks.map((ts) => ({ ts, backfilled: true })));
+    const { rows: audit } = await db.pool.query("select details from app_public.admin_actions where action = 'resume_schedule' order by id desc limit 1");
+    expect(audit).toEqual([{ details: { replayed: 2 } }]);
+
+    // Paused and resumed again without replay: the skipped tick stays skipped.
+    expect(await attempt(admin.sessionId, "select app_public.pause_schedule('sessions_sweep')", [])).toBeNull();
+    await tick("sessions_sweep", "sessions__sweep");
+    expect(await attempt(admin.sessionId, "select app_public.resume_schedule('sessions_sweep')", [])).toBeNull();
+    expect(await queued()).toBe(0);
+  });
+
   it("only admins pause or resume, and only entries that exist", async () => {
     expect(await attempt(user.sessionId, "select app_public.pause_schedule('rate_limits_sweep')", [])).toBe("ADMIN");
     expect(await attempt("", "select app_public.resume_schedule('rate_limits_sweep')", [])).toBe("ADMIN");
