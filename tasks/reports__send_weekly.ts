@@ -13,11 +13,7 @@ export default defineTask({
   async run({ asOf }, { query, cron, log }) {
     // The tick (not when the job happens to run) decides which week is reported.
     const at = asOf ? new Date(asOf) : (cron?.ts ?? new Date());
-    const { rows } = await query<{ queued: number; week: string }>(
-      `select app_private.queue_weekly_reports($1) as queued,
-              to_char(date_trunc('week', $1::timestamptz at time zone 'UTC') - interval '7 days', 'IYYY-"W"IW') as week`,
-      [at],
-    );
+    const { rows } = await query<{ queued: number; week: string }>("select queued, week from app_private.queue_weekly_reports($1)", [at]);
     const { queued, week } = rows[0]!;
     log.info("queued weekly reports", { queued, week });
     return { queued, week };

@@ -1,5 +1,5 @@
 --! Previous: sha1:c143605bc3fa5e12bec00c327d6ecd933e1cd7d1
---! Hash: sha1:e408f3fae35ec23494c19ba5d838400613272d86
+--! Hash: sha1:d9a9bdff954499e0b6717432de5cc2df1d0c848b
 --! Message: control plane: catalogue, schedule runs, trigger, overview
 
 -- The rest of the control plane, for admins in SQL and GraphQL. Why: the source systems' task API
@@ -31,6 +31,25 @@ drop index if exists app_public.job_runs_job_id_idx;
 alter table app_public.schedules drop column if exists payload;
 alter table app_private.tasks drop column if exists soft_time_limit_ms;
 alter table app_private.tasks drop column if exists payload_schema;
+
+--------------------------------------------------------------------------------------------
+-- A job's state, defined once: the admin queue view (app_public.queued_jobs, from 000013), the
+-- overview and /metrics all read it. Create-or-replace (not drop): queued_jobs depends on it.
+
+create or replace view app_private.job_states as
+  select j.id, j.task_identifier, j.queue_name, j.key, j.priority, j.run_at, j.attempts, j.max_attempts,
+         j.last_error, j.locked_at, j.locked_by, j.created_at, j.updated_at,
+         case
+           when j.locked_at is not null and j.locked_at > now() - interval '4 hours' then 'running'
+           when j.attempts >= j.max_attempts then 'failed'
+           when j.run_at > now() then 'scheduled'
+           else 'queued'
+         end as state
+  from graphile_worker.jobs j;
+comment on view app_private.job_states is E'graphile-worker''s public jobs view with each job''s state: queued (due), scheduled (run_at in the future), running (locked by a worker within four hours), failed (out of attempts). No access check: app_public.queued_jobs is the admins'' view of it.';
+
+create or replace view app_public.queued_jobs with (security_barrier) as
+  select * from app_private.job_states where app_hidden.current_user_is_admin();
 
 --------------------------------------------------------------------------------------------
 -- Catalogue: soft time limits and payload schemas
@@ -72,7 +91,7 @@ create view app_public.tasks with (security_barrier) as
            count(*) filter (where j.state = 'running')::integer as running,
            count(*) filter (where j.state = 'failed')::integer as failed,
            min(j.run_at) filter (where j.state = 'queued') as oldest_due_at
-    from app_public.queued_jobs j
+    from app_private.job_states j
     group by j.task_identifier
   ) q on q.task_identifier = t.identifier
   left join lateral (
@@ -310,16 +329,7 @@ as $$
            count(*) filter (where state = 'running')::integer as running,
            count(*) filter (where state = 'failed')::integer as failed,
            min(run_at) filter (where state = 'queued') as oldest_due_at
-    from (
-      select j.run_at,
-             case
-               when j.locked_at is not null and j.locked_at > now() - interval '4 hours' then 'running'
-               when j.attempts >= j.max_attempts then 'failed'
-               when j.run_at > now() then 'scheduled'
-               else 'queued'
-             end as state
-      from graphile_worker.jobs j
-    ) s
+    from app_private.job_states
   ) q,
   (select count(*)::integer as n from app_public.job_runs r
    where r.outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned') and r.started_at > now() - interval '24 hours') f,

@@ -1,5 +1,5 @@
---! Previous: sha1:e408f3fae35ec23494c19ba5d838400613272d86
---! Hash: sha1:cdfcf31669379ff8693a0c9c42b51f4738ab4de0
+--! Previous: sha1:d9a9bdff954499e0b6717432de5cc2df1d0c848b
+--! Hash: sha1:75e6375e6e6a67a2c7c19544759147e34839899f
 --! Message: weekly report
 
 -- The weekly report. Why: the source system's admins got a Monday summary of the job system and the
@@ -66,7 +66,7 @@ as $$
 $$;
 comment on function app_private.weekly_report(timestamptz, timestamptz) is E'The weekly report''s figures for [week_start, week_end): finished job runs by task and outcome, the five slowest tasks by p95 duration, the ten tasks with most failures (with the last error), offers sent/accepted/rejected/withdrawn/expired, exchanges completed.';
 
-create function app_private.queue_weekly_reports(as_of timestamptz) returns integer
+create function app_private.queue_weekly_reports(as_of timestamptz, out queued integer, out week text)
 language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
@@ -97,10 +97,11 @@ begin
       v_report#>>'{offers,sent}', v_report#>>'{offers,accepted}', v_report#>>'{offers,rejected}',
       v_report#>>'{offers,withdrawn}', v_report#>>'{offers,expired}'),
     'exchanges_completed', v_report->>'exchanges_completed');
-  return (
-    select count(app_private.queue_email('weekly_report:user:' || u.id || ':' || v_week, 'weekly_report', u.email, v_data))::integer
-    from app_public.users u
-    where u.is_admin);
+  week := v_week;
+  select count(app_private.queue_email('weekly_report:user:' || u.id || ':' || v_week, 'weekly_report', u.email, v_data))::integer
+  into queued
+  from app_public.users u
+  where u.is_admin;
 end;
 $$;
-comment on function app_private.queue_weekly_reports(timestamptz) is E'Queues the weekly report for the week (Monday to Sunday, UTC) that ended at or before as_of: one email per admin, at most once per admin and week whatever the number of runs. Returns how many were newly queued.';
+comment on function app_private.queue_weekly_reports(timestamptz) is E'Queues the weekly report for the week (Monday to Sunday, UTC) that ended at or before as_of: one email per admin, at most once per admin and week whatever the number of runs. Returns how many were newly queued and which ISO week it was.';

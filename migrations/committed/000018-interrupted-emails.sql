@@ -1,5 +1,5 @@
---! Previous: sha1:cdfcf31669379ff8693a0c9c42b51f4738ab4de0
---! Hash: sha1:4296cd0d4e9921708d7dc522e0596d243e21fec4
+--! Previous: sha1:75e6375e6e6a67a2c7c19544759147e34839899f
+--! Hash: sha1:82d9f443c443fdf88171bfa94633698357158659
 --! Message: interrupted emails
 
 -- Emails interrupted mid-send. Why: a delivery is claimed (pending -> sending) before it goes out

@@ -1,5 +1,5 @@
---! Previous: sha1:4296cd0d4e9921708d7dc522e0596d243e21fec4
---! Hash: sha1:2f1407121bda4ce1e782d984a6248999406d9751
+--! Previous: sha1:82d9f443c443fdf88171bfa94633698357158659
+--! Hash: sha1:82c7fbeb51c8e46414b0ebbc4b1bb49d34788bb5
 --! Message: metrics counters
 
 -- Counters for /metrics. Why: Prometheus wants totals that only grow and histograms, cheap to
@@ -153,18 +153,7 @@ as $$
       from (select name, label, sum(value) as value from app_private.metric_counters group by name, label) c), '[]'),
     'queue', coalesce((
       select jsonb_agg(jsonb_build_array(q.task_identifier, q.state, q.n))
-      from (
-        select j.task_identifier,
-               case
-                 when j.locked_at is not null and j.locked_at > now() - interval '4 hours' then 'running'
-                 when j.attempts >= j.max_attempts then 'failed'
-                 when j.run_at > now() then 'scheduled'
-                 else 'queued'
-               end as state,
-               count(*) as n
-        from graphile_worker.jobs j
-        group by 1, 2
-      ) q), '[]'),
+      from (select task_identifier, state, count(*) as n from app_private.job_states group by 1, 2) q), '[]'),
     'workers_alive', (select count(*) from app_public.worker_processes p where p.last_seen_at > now() - dead_after));
 $$;
 revoke all on function app_hidden.metrics_snapshot(interval) from public, :DATABASE_VISITOR;

@@ -1,5 +1,5 @@
---! Previous: sha1:2f1407121bda4ce1e782d984a6248999406d9751
---! Hash: sha1:343468bac50d7cb2a6af0d0d84925aea481fd934
+--! Previous: sha1:82c7fbeb51c8e46414b0ebbc4b1bb49d34788bb5
+--! Hash: sha1:6dd2d903719a9ab79ddb54834d3cba9336dbfe86
 --! Message: rls once per query, key prefix lookup
 
 -- Row level security that costs once per query, not once per row; and a key-prefix lookup of the

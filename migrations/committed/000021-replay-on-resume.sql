@@ -1,5 +1,5 @@
---! Previous: sha1:343468bac50d7cb2a6af0d0d84925aea481fd934
---! Hash: sha1:13f134c3b20617c50258d5bf55adfe2b918db532
+--! Previous: sha1:6dd2d903719a9ab79ddb54834d3cba9336dbfe86
+--! Hash: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
 --! Message: replay on resume
 
 -- Resuming a schedule can replay what the pause skipped. Why: the issue (and the source system's
