@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
-import { loadTasks } from "../../src/worker/catalogue.ts";
+import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { loadCrontab } from "../../src/worker/crontab.ts";
 import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/task.ts";
 import { asVisitor, createTestDb, createUser, drainJobs, jobRuns, refusal, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
@@ -40,7 +40,6 @@ beforeAll(async () => {
   db = await createTestDb();
   tasks = await loadTasks();
   // Test tasks in the catalogue as start-up would record them, and a crontab entry for one.
-  const { syncCatalogue } = await import("../../src/worker/catalogue.ts");
   await syncCatalogue(db.pool, [tick, flaky]);
   await db.pool.query(
     `select app_private.sync_schedules('[{"id": "t_every_minute", "pattern": "* * * * *", "task": "t_tick", "options": {}, "payload": {"label": "from crontab"}}]')`,

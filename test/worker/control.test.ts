@@ -6,6 +6,7 @@ import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { startWorker } from "../../src/worker/runner.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { graphql } from "../helpers/graphql.ts";
 import { asVisitor, createTestDb, createUser, refusal, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
@@ -46,12 +47,7 @@ describe("the queue as admins see it", () => {
     expect((await jobState(failed)).state).toBe("failed");
 
     const q = `{ allQueuedJobs(filter: {key: {startsWith: "offers:42:"}}, orderBy: ROW_ID_ASC) { nodes { rowId key state taskIdentifier } } }`;
-    const gql = async (token: string) =>
-      (await (await fetch(`${api.url}/graphql`, {
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-        body: JSON.stringify({ query: q }),
-      })).json()) as any;
+    const gql = (token: string) => graphql(api, token, q);
     expect((await gql(admin.token)).data.allQueuedJobs.nodes).toEqual([
       { rowId: queued, key: "offers:42:expire", state: "queued", taskIdentifier: "t_block" },
       { rowId: scheduled, key: "offers:42:notify", state: "scheduled", taskIdentifier: "t_block" },

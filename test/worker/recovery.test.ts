@@ -1,12 +1,10 @@
 // Crash recovery with real processes: a worker SIGKILLed in the middle of 200 jobs leaves them
 // locked (graphile-worker alone would wait four hours); a live worker notices the missing
 // heartbeats and releases them, and every job completes well within a minute of the kill.
-import { spawn, type ChildProcess } from "node:child_process";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startWorker } from "../../src/worker/runner.ts";
 import { createTestDb, testConfig, testLog, type TestDb } from "../helpers/db.ts";
-import { slowTask } from "../helpers/worker-process.ts";
+import { slowTask, spawnWorkerProcess } from "../helpers/worker-process.ts";
 
 let db: TestDb;
 beforeAll(async () => {
@@ -19,35 +17,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const NODE = path.resolve(import.meta.dirname, "../../node_modules/.bin/node");
-const SCRIPT = path.resolve(import.meta.dirname, "../helpers/worker-process.ts");
 const count = async (sql: string, params: unknown[] = []) => (await db.pool.query(sql, params)).rows[0].n as number;
-
-function spawnWorker(env: Record<string, string>): Promise<{ child: ChildProcess; poolId: string }> {
-  return new Promise((resolve, reject) => {
-    const config = testConfig(db);
-    const child = spawn(NODE, [SCRIPT], {
-      env: {
-        ...process.env,
-        NODE_ENV: "test",
-        DATABASE_URL: db.ownerUrl,
-        AUTHENTICATOR_PASSWORD: db.run.authenticatorPassword,
-        DATABASE_AUTHENTICATOR: config.roles.authenticator,
-        DATABASE_VISITOR: config.roles.visitor,
-        LOG_LEVEL: "error",
-        ...env,
-      },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    let out = "";
-    child.stdout!.on("data", (d) => {
-      out += d;
-      const m = /READY (\S+)/.exec(out);
-      if (m) resolve({ child, poolId: m[1]! });
-    });
-    child.on("exit", (code) => reject(new Error(`worker process exited early (${code})`)));
-  });
-}
 
 describe("crash recovery", () => {
   it("a SIGKILLed worker's 200 jobs all complete, the orphans within a minute of the kill, and its running history is marked abandoned", async () => {
@@ -56,7 +26,7 @@ describe("crash recovery", () => {
          select row('t_slow', json_build_object('n', g), null, null, 5, null, null, null)::graphile_worker.job_spec from generate_series(1, 200) g))`,
     );
     const dead = { WORKER_CONCURRENCY: "20", WORKER_DEAD_AFTER_MS: "3000", SLOW_MS: "400", JOB_HISTORY_FLUSH_MS: "20" };
-    const { child, poolId } = await spawnWorker(dead);
+    const { child, poolId } = await spawnWorkerProcess(db, dead);
     // Let it get going: some jobs done, twenty running, the rest locked in its local queue.
     while ((await count("select count(*)::int as n from public.t_done")) < 30) await new Promise((r) => setTimeout(r, 50));
     child.kill("SIGKILL");
