@@ -19,17 +19,28 @@ function reject(res: Response, status: number, code: string, message: string) {
   res.status(status).json({ errors: [{ message, extensions: { code } }] });
 }
 
+export type BearerCheck = { session: string } | { error: "invalid" } | null;
+
+/**
+ * The session behind an Authorization value: null when there is none (anonymous), an error when
+ * it is malformed, unknown or expired. Database errors are thrown.
+ */
+export async function checkBearer(pool: pg.Pool, header: string | undefined): Promise<BearerCheck> {
+  if (header === undefined || header === "") return null;
+  const match = BEARER.exec(header.trim());
+  if (!match) return { error: "invalid" };
+  const { rows } = await pool.query<{ id: string | null }>("select app_hidden.session_id_for_token($1) as id", [match[1]]);
+  const id = rows[0]?.id;
+  return id ? { session: id } : { error: "invalid" };
+}
+
 export function authenticate(pool: pg.Pool, log: Logger) {
   return async (req: Request, res: Response, next: NextFunction) => {
-    const header = req.headers.authorization;
-    if (header === undefined || header === "") return next();
-    const match = BEARER.exec(header.trim());
-    if (!match) return reject(res, 401, "UNAUTHENTICATED", "Invalid or expired session token.");
     try {
-      const { rows } = await pool.query<{ id: string | null }>("select app_hidden.session_id_for_token($1) as id", [match[1]]);
-      const id = rows[0]?.id;
-      if (!id) return reject(res, 401, "UNAUTHENTICATED", "Invalid or expired session token.");
-      sessions.set(req, id);
+      const check = await checkBearer(pool, req.headers.authorization);
+      if (check === null) return next();
+      if ("error" in check) return reject(res, 401, "UNAUTHENTICATED", "Invalid or expired session token.");
+      sessions.set(req, check.session);
       next();
     } catch (err) {
       log.error("session lookup failed", { err });

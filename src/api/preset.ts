@@ -3,17 +3,21 @@
 // per-request statement_timeout; RLS in SQL decides what it may see and do.
 import type { Request } from "express";
 import type pg from "pg";
-import { makePgService } from "postgraphile/adaptors/pg";
+import { makePgService, type PgSubscriber } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connection-filter";
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import type { GraphQLError } from "postgraphile/graphql";
 import type { ResolvedTask } from "../worker/task.ts";
-import { sessionOf } from "./auth.ts";
+import { checkBearer, sessionOf } from "./auth.ts";
+import { JobEventsPlugin } from "./events.ts";
 import { TriggerTaskPayloadPlugin } from "./trigger.ts";
+import { SafeError } from "postgraphile/grafast";
 
 export interface PresetOptions {
   pool: pg.Pool;
+  /** LISTEN/NOTIFY for subscriptions; the caller releases it (PostGraphile's release() does not). */
+  pgSubscriber: PgSubscriber;
   visitorRole: string;
   statementTimeoutMs: number;
   sessionLifetimeDays: number;
@@ -21,13 +25,32 @@ export interface PresetOptions {
   maskError: (error: GraphQLError) => GraphQLError;
   /** The tasks whose payload schemas triggerTask checks. */
   tasks: readonly ResolvedTask[];
+  /** How often a live subscription re-checks that its session is still an admin's. */
+  eventsRecheckMs?: number;
+}
+
+interface WebSocketRequestContext {
+  request?: Request;
+  normalizedConnectionParams?: Record<string, string | string[] | undefined>;
+}
+
+/**
+ * The session of a websocket subscription, from connectionParams { authorization: "Bearer ..." }
+ * (browsers cannot set headers on a websocket): the same check as the HTTP middleware's.
+ */
+async function websocketSession(pool: pg.Pool, ws: WebSocketRequestContext): Promise<string | null> {
+  const header = ws.normalizedConnectionParams?.authorization;
+  const check = await checkBearer(pool, Array.isArray(header) ? header[0] : header);
+  if (check === null) return null;
+  if ("error" in check) throw new SafeError("Invalid or expired session token.", { code: "UNAUTHENTICATED" });
+  return check.session;
 }
 
 export function makePreset(o: PresetOptions): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
-    plugins: [TriggerTaskPayloadPlugin(o.tasks)],
-    pgServices: [makePgService({ pool: o.pool, schemas: ["app_public"] })],
+    plugins: [TriggerTaskPayloadPlugin(o.tasks), JobEventsPlugin({ recheckMs: o.eventsRecheckMs })],
+    pgServices: [makePgService({ pool: o.pool, pgSubscriber: o.pgSubscriber, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",
       graphiql: o.development,
@@ -35,16 +58,20 @@ export function makePreset(o: PresetOptions): GraphileConfig.Preset {
       graphiqlOnGraphQLGET: false,
       watch: false,
       maskError: o.maskError,
+      // Subscriptions (jobEvents) over graphql-ws at the same path.
+      websockets: true,
     },
     grafast: {
       // Plans and SQL in responses only when a developer opts in (Ruru's explain toggle sends the header).
       explain: false,
-      context(requestContext) {
-        const req = (requestContext as { expressv4?: { req: Request } }).expressv4?.req;
+      async context(requestContext) {
+        const ws = (requestContext as { ws?: WebSocketRequestContext }).ws;
+        const req = ws ? ws.request : (requestContext as { expressv4?: { req: Request } }).expressv4?.req;
+        const session = ws ? await websocketSession(o.pool, ws) : sessionOf(req);
         return {
           pgSettings: {
             role: o.visitorRole,
-            "hourglass.session_id": sessionOf(req) ?? "",
+            "hourglass.session_id": session ?? "",
             // For per-client rate limits (requestLoginLink) and new sessions' lifetime (login).
             "hourglass.client_address": req?.socket.remoteAddress ?? "",
             "hourglass.session_lifetime": `${o.sessionLifetimeDays} days`,

@@ -3,13 +3,19 @@
 import path from "node:path";
 import type pg from "pg";
 import { makeSchema } from "postgraphile";
+import { PgSubscriber } from "postgraphile/adaptors/pg";
 import { lexicographicSortSchema, printSchema } from "postgraphile/graphql";
 import { makePreset } from "./preset.ts";
 
 export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graphql");
 
 export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promise<string> {
-  const preset = makePreset({ pool, visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
-  const { schema } = await makeSchema(preset);
-  return printSchema(lexicographicSortSchema(schema)) + "\n";
+  const pgSubscriber = new PgSubscriber(pool);
+  try {
+    const preset = makePreset({ pool, pgSubscriber, visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
+    const { schema } = await makeSchema(preset);
+    return printSchema(lexicographicSortSchema(schema)) + "\n";
+  } finally {
+    pgSubscriber.release();
+  }
 }

@@ -2,8 +2,10 @@
 // /metrics for Prometheus, POST /uploads for files.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import express from "express";
 import { postgraphile } from "postgraphile";
+import { PgSubscriber } from "postgraphile/adaptors/pg";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import type pg from "pg";
 import type { Config } from "../config.ts";
@@ -36,6 +38,8 @@ export interface ApiOptions {
   health: HealthCheck;
   /** For triggerTask's payload check; loaded from tasks/ when not given. */
   tasks?: readonly ResolvedTask[];
+  /** How often a jobEvents subscription re-checks its session (default 30 s; tests shorten it). */
+  eventsRecheckMs?: number;
 }
 
 interface JobFacts {
@@ -78,19 +82,23 @@ async function jobFacts(pool: pg.Pool, deadAfterMs: number): Promise<JobFacts | 
   }
 }
 
-export async function startApi({ authUrl, config, log, health, tasks }: ApiOptions): Promise<ApiHandle> {
+export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
   const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
   const development = config.mode === "development";
+  // One listening connection per process for every subscription (jobEvents).
+  const pgSubscriber = new PgSubscriber(pool);
   const pgl = postgraphile(
     makePreset({
       pool,
+      pgSubscriber,
       visitorRole: config.roles.visitor,
       statementTimeoutMs: config.statementTimeoutMs,
       sessionLifetimeDays: config.accounts.sessionLifetimeDays,
       development,
       maskError: makeMaskError(loadErrorCodes(), apiLog),
       tasks: tasks ?? (await loadTasks()),
+      eventsRecheckMs,
     }),
   );
 
@@ -115,6 +123,14 @@ export async function startApi({ authUrl, config, log, health, tasks }: ApiOptio
   app.post("/uploads", authenticate(pool, apiLog), uploadHandler(pool, config, apiLog));
 
   const server = createServer(app);
+  // Websockets (subscriptions) leave the HTTP server's connection tracking once upgraded, so
+  // stop() would wait for them forever: they are tracked here and closed on stop (clients
+  // resubscribe to another API process).
+  const upgraded = new Set<Duplex>();
+  server.on("upgrade", (_req, socket: Duplex) => {
+    upgraded.add(socket);
+    socket.once("close", () => upgraded.delete(socket));
+  });
   const serv = pgl.createServ(grafserv);
   await serv.addTo(app, server);
   // Last: anything that reaches Express's error path gets a generic body (its default handler
@@ -146,10 +162,12 @@ export async function startApi({ authUrl, config, log, health, tasks }: ApiOptio
       (stopping ??= (async () => {
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
+          for (const socket of upgraded) socket.destroy();
           server.closeIdleConnections();
           setTimeout(() => server.closeAllConnections(), 5000).unref();
         });
         await pgl.release();
+        pgSubscriber.release();
         await pool.end();
         apiLog.info("API stopped");
       })()),

@@ -59,17 +59,25 @@ const VALUES = `(r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, r->>4, (r->>5)::in
   $3::text, to_timestamp((r->>8)::double precision / 1000), to_timestamp((r->>9)::double precision / 1000),
   to_timestamp(((r->>9)::double precision + (r->>10)::double precision) / 1000),
   (r->>10)::double precision, r->>11, r->>12, r->13`;
-// The metrics (app_private.job_metrics, for /metrics) are added from the rows this statement
-// actually wrote, so a retried batch, or a completion the database ignores (crash recovery marked
-// the run abandoned meanwhile), is never counted twice. Abandoned runs are counted by a trigger.
+// The metrics (app_private.job_metrics, for /metrics) and the activity rollups (per minute and
+// hour, for jobActivity and jobStats) are added from the rows this statement actually wrote, so a
+// retried batch, or a completion the database ignores (crash recovery marked the run abandoned
+// meanwhile), is never counted twice. Abandoned runs are counted by a trigger.
 const bucketCounts = (value: string, bounds: readonly number[]) =>
   `array[${bounds.map((b) => `count(*) filter (where ${value} <= ${b})`).join(", ")}]::bigint[]`;
 const addArrays = (column: string) => `array(select a + b from unnest(m.${column}, excluded.${column}) u(a, b))`;
+// The per-minute and per-hour rollups (job_activity, job_stats) by the minute each run ended.
+const addToRollup = (table: string, rows: string) => `insert into ${table} as m
+    (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
+  ${rows}
+  on conflict (bucket, task_identifier, outcome, shard) do update set
+    runs = m.runs + excluded.runs, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
+    duration_max_ms = greatest(m.duration_max_ms, excluded.duration_max_ms)`;
 const WRITE = `
 with fresh as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($1::jsonb) r
-  returning task_identifier, outcome, duration_ms, started_at, run_at
+  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at
 ), completed as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($2::jsonb) r
@@ -77,9 +85,9 @@ with fresh as (
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, outcome = excluded.outcome,
     error = excluded.error, result = excluded.result
   where job_runs.outcome = 'running'
-  returning task_identifier, outcome, duration_ms, started_at, run_at
+  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at
 ), done as (
-  select task_identifier as t, outcome as o, duration_ms as d,
+  select task_identifier as t, outcome as o, duration_ms as d, finished_at as f,
          greatest(0, extract(epoch from started_at - run_at) * 1000) as l
   from (select * from fresh union all select * from completed) w
   where outcome not in ('running', 'abandoned')
@@ -96,6 +104,14 @@ with fresh as (
     duration_buckets = ${addArrays("duration_buckets")},
     lateness_count = m.lateness_count + excluded.lateness_count, lateness_sum_ms = m.lateness_sum_ms + excluded.lateness_sum_ms,
     lateness_buckets = ${addArrays("lateness_buckets")}
+), per_minute as (
+  select date_trunc('minute', f) as b, t, o, count(*) as runs, coalesce(sum(d), 0) as d_sum, coalesce(max(d), 0) as d_max
+  from done group by 1, 2, 3
+), minutes as (
+  ${addToRollup("app_private.job_runs_per_minute", "select b, t, o, $4::smallint, runs, d_sum, d_max from per_minute")}
+), hours as (
+  ${addToRollup("app_private.job_runs_per_hour", `select date_trunc('hour', b), t, o, $4::smallint, sum(runs), sum(d_sum), max(d_max)
+    from per_minute group by 1, 2, 3`)}
 )
 select 1`;
 

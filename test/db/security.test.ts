@@ -81,10 +81,17 @@ describe("database security", () => {
     expect(await asVisitor(db, s.sessionId, async (c) => (await c.query("select app_public.current_user_id() as id")).rows[0].id)).toBeNull();
   });
 
-  it("lists every error code raised in migrations in ERROR_CODES.md, and no code that is never raised", async () => {
+  it("lists every error code raised in migrations or by the API in ERROR_CODES.md, and no code that is never raised", async () => {
     const dir = path.join(MIGRATIONS_DIR, "committed");
     const sql = (await Promise.all((await fs.readdir(dir)).map((f) => fs.readFile(path.join(dir, f), "utf8")))).join("\n");
     const raised = new Set([...sql.matchAll(/errcode\s*=\s*'([A-Z0-9]{5})'/g)].map((m) => m[1]!));
+    // And the codes the API raises itself (CodedError in src/).
+    const srcDir = path.join(MIGRATIONS_DIR, "..", "src");
+    const sources = await fs.readdir(srcDir, { recursive: true });
+    for (const f of sources.filter((f) => f.endsWith(".ts"))) {
+      const text = await fs.readFile(path.join(srcDir, f), "utf8");
+      for (const m of text.matchAll(/new CodedError\("([A-Z]{5})"/g)) raised.add(m[1]!);
+    }
     expect([...raised].sort()).toEqual([...loadErrorCodes()].sort());
   });
 });

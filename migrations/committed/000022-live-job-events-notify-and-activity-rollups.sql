@@ -1,0 +1,387 @@
+--! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
+--! Hash: sha1:feab8ee72a8e60c69595b1585110c3d2d8b07237
+--! Message: live job events (NOTIFY) and activity rollups
+
+-- Live job events and activity rollups, for the dashboard and any client.
+--
+-- Events. Why: the dashboard (and scripts) must see jobs move without polling. Each change is
+-- published with NOTIFY on the channel hourglass:job_events, in the transaction that makes it,
+-- so a rolled-back change publishes nothing: a job enqueued (by anything: a trigger, a DBA's
+-- add_job, the API), a run started or ended (the workers' history writes; crash recovery's
+-- abandoned marks) and a schedule paused or resumed. A notification's payload is a JSON array of
+-- events (at most about 7 kB, as NOTIFY allows 8 kB; a batch of events is sent as several). The
+-- API's jobEvents subscription listens, filters by task and key prefix, and streams them to
+-- admins one by one. Payloads and errors never travel in events (they may be large, and a
+-- payload is only for admins reading history).
+--
+-- graphile-worker has no hook for "a job was added", so enqueues are observed by a trigger on its
+-- jobs table: the one place Hourglass attaches to a graphile_worker table. A graphile-worker
+-- upgrade that rebuilds the table drops the trigger; the events test fails when it is gone.
+--
+-- Rollups. Why: a dashboard's charts and totals (runs per minute over the last hour, per hour
+-- over the last day, by task and outcome over a window) counted from job_runs read every row of
+-- the window: 28 ms for 24 hours alone, 250 ms and more at 20 clients with a million rows. The
+-- history writers add each batch's finished runs to per-minute and per-hour rows in the same
+-- statement that writes the batch (like the metrics counters), and crash recovery's abandoned
+-- marks are added by trigger; the reads then touch a few hundred rows. Minute rows are kept two
+-- days, hour rows as long as the history.
+
+drop function if exists app_public.job_activity(text);
+drop type if exists app_public.job_activity_bucket;
+drop function if exists app_public.job_stats(timestamptz);
+drop type if exists app_public.job_stat;
+drop trigger if exists _910_events on app_public.schedules;
+drop trigger if exists _910_events_insert on app_public.job_runs;
+drop trigger if exists _910_events_update on app_public.job_runs;
+drop trigger if exists _910_hourglass_events on graphile_worker._private_jobs;
+drop function if exists app_private.tg_schedules__events();
+drop function if exists app_private.tg_job_runs__insert_events();
+drop function if exists app_private.tg_job_runs__update_events();
+drop function if exists app_private.tg_jobs__enqueued_events();
+drop function if exists app_private.publish_job_events(jsonb);
+drop function if exists app_private.publish_job_events_overflow(bigint);
+drop function if exists app_private.job_run_event(text, timestamptz, app_public.job_runs);
+drop function if exists app_private.add_to_job_rollups(text, text, timestamptz, double precision);
+drop function if exists app_private.rebuild_job_rollups();
+drop table if exists app_private.job_runs_per_minute;
+drop table if exists app_private.job_runs_per_hour;
+
+----------------------------------------------------------------------------------------------------
+-- Rollups
+
+create table app_private.job_runs_per_minute (
+  bucket timestamptz not null,
+  task_identifier text not null,
+  outcome text not null,
+  -- Each history writer adds to its own shard (as in job_metrics), so writers rarely wait for
+  -- each other; reads sum the shards.
+  shard smallint not null check (shard between 0 and 7),
+  runs bigint not null default 0,
+  duration_sum_ms double precision not null default 0,
+  duration_max_ms double precision not null default 0,
+  primary key (bucket, task_identifier, outcome, shard)
+);
+comment on table app_private.job_runs_per_minute is E'Finished job runs per minute of their end, task and outcome (running excluded), added by the history writers and by crash recovery. Kept two days.';
+
+create table app_private.job_runs_per_hour (like app_private.job_runs_per_minute including all);
+comment on table app_private.job_runs_per_hour is E'Finished job runs per hour of their end, task and outcome, added with the per-minute rows. Kept as long as the history.';
+
+-- Rebuilt from the history: at install (the history already there) and by a DBA after loading
+-- history rows by hand (the rollups count only what the history writers and triggers add).
+create function app_private.rebuild_job_rollups() returns void
+language sql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+  delete from app_private.job_runs_per_minute;
+  delete from app_private.job_runs_per_hour;
+  insert into app_private.job_runs_per_minute (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
+  select date_trunc('minute', r.finished_at), r.task_identifier, r.outcome, 0, count(*),
+         coalesce(sum(r.duration_ms), 0), coalesce(max(r.duration_ms), 0)
+  from app_public.job_runs r
+  where r.outcome <> 'running' and r.finished_at >= now() - interval '2 days'
+  group by 1, 2, 3;
+  insert into app_private.job_runs_per_hour (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
+  select date_trunc('hour', r.finished_at), r.task_identifier, r.outcome, 0, count(*),
+         coalesce(sum(r.duration_ms), 0), coalesce(max(r.duration_ms), 0)
+  from app_public.job_runs r
+  where r.outcome <> 'running' and r.finished_at is not null
+  group by 1, 2, 3;
+$$;
+comment on function app_private.rebuild_job_rollups() is E'Recomputes the per-minute and per-hour rollups from app_public.job_runs (locks nothing but the rollups; run it after writing history rows by hand).';
+select app_private.rebuild_job_rollups();
+
+-- One run added by a trigger (crash recovery's abandoned marks). The history writer adds its
+-- batches itself (src/worker/history.ts), grouped.
+create function app_private.add_to_job_rollups(task_identifier text, outcome text, finished_at timestamptz, duration_ms double precision) returns void
+language sql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+  insert into app_private.job_runs_per_minute as m (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
+  values (date_trunc('minute', finished_at), task_identifier, outcome, floor(random() * 8)::smallint, 1,
+          coalesce(duration_ms, 0), coalesce(duration_ms, 0))
+  on conflict (bucket, task_identifier, outcome, shard) do update set
+    runs = m.runs + 1, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
+    duration_max_ms = greatest(m.duration_max_ms, excluded.duration_max_ms);
+  insert into app_private.job_runs_per_hour as m (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
+  values (date_trunc('hour', finished_at), task_identifier, outcome, floor(random() * 8)::smallint, 1,
+          coalesce(duration_ms, 0), coalesce(duration_ms, 0))
+  on conflict (bucket, task_identifier, outcome, shard) do update set
+    runs = m.runs + 1, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
+    duration_max_ms = greatest(m.duration_max_ms, excluded.duration_max_ms);
+$$;
+
+-- Abandoned runs: counted for /metrics (as before) and now also in the rollups.
+create or replace function app_private.tg_job_runs__abandoned_metrics() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  insert into app_private.job_metrics as m (task_identifier, outcome, shard, runs, duration_buckets, lateness_buckets)
+  values (new.task_identifier, 'abandoned', floor(random() * 8)::smallint, 1,
+          array_fill(0::bigint, array[15]), array_fill(0::bigint, array[15]))
+  on conflict (task_identifier, outcome, shard) do update set runs = m.runs + 1;
+  perform app_private.add_to_job_rollups(new.task_identifier, 'abandoned', coalesce(new.finished_at, now()), new.duration_ms);
+  return null;
+end;
+$$;
+
+create or replace function app_private.sweep_job_runs(batch_size integer, older_than interval, out deleted integer, out remaining bigint)
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  -- No ORDER BY: every row before the cutoff goes, and rows arrive in time order, so the scan
+  -- meets the oldest pages first and stops after batch_size rows.
+  with gone as (
+    delete from app_public.job_runs r
+    where r.ctid = any (array(
+      select d.ctid from app_public.job_runs d where d.started_at < now() - older_than limit batch_size))
+    returning 1
+  )
+  select count(*) into deleted from gone;
+  remaining := case when deleted < batch_size then 0 else (
+    select count(*) from app_public.job_runs r where r.started_at < now() - older_than) end;
+  if remaining = 0 then
+    -- The rollups are small (a row per bucket, task, outcome and writer shard): one statement each.
+    delete from app_private.job_runs_per_minute where bucket < now() - interval '2 days';
+    delete from app_private.job_runs_per_hour where bucket < now() - older_than;
+  end if;
+end;
+$$;
+comment on function app_private.sweep_job_runs(integer, interval) is E'Deletes up to batch_size job history rows that started more than older_than ago; with the last batch, also the per-minute rollups older than two days and the per-hour rollups older than older_than. Returns how many history rows, and how many remain eligible (0 unless the batch was full).';
+
+create type app_public.job_activity_bucket as (
+  bucket timestamptz,
+  runs bigint,
+  succeeded bigint,
+  failures bigint,
+  avg_duration_ms double precision,
+  max_duration_ms double precision
+);
+comment on type app_public.job_activity_bucket is E'Finished job runs in one minute or hour (by when they ended). failures: failed (retrying or permanently), timed out or abandoned.';
+comment on column app_public.job_activity_bucket.bucket is E'@notNull\nThe start of the minute or hour.';
+comment on column app_public.job_activity_bucket.runs is E'@notNull';
+comment on column app_public.job_activity_bucket.succeeded is E'@notNull';
+comment on column app_public.job_activity_bucket.failures is E'@notNull';
+
+create function app_public.job_activity(resolution text) returns setof app_public.job_activity_bucket
+language plpgsql stable security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_width interval;
+  v_count integer;
+begin
+  perform app_hidden.require_admin();
+  case resolution
+    when 'minute' then v_width := interval '1 minute'; v_count := 60;
+    when 'hour' then v_width := interval '1 hour'; v_count := 24;
+    else raise exception 'resolution must be minute (the last hour) or hour (the last day)' using errcode = 'JARES';
+  end case;
+  return query
+  with buckets as (
+    select date_trunc(resolution, now()) - v_width * g as bucket from generate_series(v_count - 1, 0, -1) g
+  ), rows as (
+    select m.bucket, m.outcome, m.runs, m.duration_sum_ms, m.duration_max_ms
+    from app_private.job_runs_per_minute m
+    where resolution = 'minute' and m.bucket >= date_trunc('minute', now()) - v_width * (v_count - 1)
+    union all
+    select h.bucket, h.outcome, h.runs, h.duration_sum_ms, h.duration_max_ms
+    from app_private.job_runs_per_hour h
+    where resolution = 'hour' and h.bucket >= date_trunc('hour', now()) - v_width * (v_count - 1)
+  )
+  select b.bucket,
+         coalesce(sum(r.runs), 0)::bigint,
+         coalesce(sum(r.runs) filter (where r.outcome = 'succeeded'), 0)::bigint,
+         coalesce(sum(r.runs) filter (where r.outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned')), 0)::bigint,
+         sum(r.duration_sum_ms) / nullif(sum(r.runs), 0),
+         max(r.duration_max_ms)
+  from buckets b left join rows r on r.bucket = b.bucket
+  group by b.bucket
+  order by b.bucket;
+end;
+$$;
+comment on function app_public.job_activity(text) is E'Admins: finished job runs per minute over the last hour (resolution minute: 60 buckets) or per hour over the last day (hour: 24 buckets), oldest first, empty buckets included. From the rollups, so as cheap with a million history rows as with none.';
+
+create type app_public.job_stat as (
+  task_identifier text,
+  outcome text,
+  runs bigint,
+  avg_duration_ms double precision,
+  max_duration_ms double precision
+);
+comment on type app_public.job_stat is E'Finished runs of one task with one outcome in a window.';
+comment on column app_public.job_stat.task_identifier is E'@notNull';
+comment on column app_public.job_stat.outcome is E'@notNull';
+comment on column app_public.job_stat.runs is E'@notNull';
+
+create function app_public.job_stats(since timestamptz) returns setof app_public.job_stat
+language plpgsql stable security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_since timestamptz := date_trunc('minute', since);
+  -- Whole hours from the hourly rows, the part-hour before them from the minute rows (kept two
+  -- days; older windows start at the hour).
+  v_first_hour timestamptz := case when since > now() - interval '2 days'
+                                   then date_trunc('hour', v_since + interval '59 minutes 59.999999 seconds')
+                                   else date_trunc('hour', v_since) end;
+begin
+  perform app_hidden.require_admin();
+  if since is null then
+    raise exception 'since is required' using errcode = 'JASNC';
+  end if;
+  return query
+  select r.task_identifier, r.outcome, sum(r.runs)::bigint,
+         sum(r.duration_sum_ms) / nullif(sum(r.runs), 0), max(r.duration_max_ms)
+  from (
+    select m.task_identifier, m.outcome, m.runs, m.duration_sum_ms, m.duration_max_ms
+    from app_private.job_runs_per_minute m where m.bucket >= v_since and m.bucket < v_first_hour
+    union all
+    select h.task_identifier, h.outcome, h.runs, h.duration_sum_ms, h.duration_max_ms
+    from app_private.job_runs_per_hour h where h.bucket >= v_first_hour
+  ) r
+  group by r.task_identifier, r.outcome
+  order by r.task_identifier, r.outcome;
+end;
+$$;
+comment on function app_public.job_stats(timestamptz) is E'Admins: finished runs by task and outcome since a time (to the minute within the last two days, to the hour before), with average and longest duration. From the rollups: a dashboard''s "last 24 hours" costs the same with a million history rows as with none.';
+
+revoke all on function app_public.job_activity(text) from public;
+revoke all on function app_public.job_stats(timestamptz) from public;
+grant execute on function app_public.job_activity(text) to :DATABASE_VISITOR;
+grant execute on function app_public.job_stats(timestamptz) to :DATABASE_VISITOR;
+
+----------------------------------------------------------------------------------------------------
+-- Events
+
+create function app_private.publish_job_events(events jsonb) returns void
+language sql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+  -- Chunks of about 6,000 bytes of events: with the last event (at most ~1 kB: keys are at most
+  -- 512 characters) and the separators a chunk stays under NOTIFY's 8,000-byte limit.
+  select pg_notify('hourglass:job_events', jsonb_agg(c.e order by c.i)::text)
+  from (
+    select x.e, x.i, sum(octet_length(x.e::text)) over (order by x.i) / 6000 as chunk
+    from jsonb_array_elements(events) with ordinality x(e, i)
+  ) c
+  group by c.chunk;
+$$;
+comment on function app_private.publish_job_events(jsonb) is E'Sends a JSON array of job events on the channel hourglass:job_events, as several notifications when it is large.';
+
+-- A statement that changes more than 10,000 jobs or runs (a bulk load, a DBA's mass update)
+-- publishes one overflow event instead of one each: a flood of events helps no one watching, and
+-- would cost the statement more than its own work. Subscribers receive it whatever their filter
+-- and re-read what they show.
+create function app_private.publish_job_events_overflow(count bigint) returns void
+language sql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+  select pg_notify('hourglass:job_events', jsonb_build_array(jsonb_build_object('kind', 'overflow', 'at', now(), 'count', count))::text);
+$$;
+
+create function app_private.job_run_event(kind text, at timestamptz, r app_public.job_runs) returns jsonb
+language sql immutable
+set search_path to pg_catalog, public, pg_temp
+as $$
+  select jsonb_strip_nulls(jsonb_build_object(
+    'kind', kind, 'at', at, 'jobId', r.job_id::text, 'runId', r.id, 'taskIdentifier', r.task_identifier,
+    'jobKey', r.job_key, 'attempt', r.attempt, 'outcome', case when kind <> 'started' then r.outcome end,
+    'scheduleId', case when starts_with(r.job_key, 'cron:') then substr(r.job_key, 6) end));
+$$;
+
+-- A history row written: started, and when it was written finished (a run shorter than a flush
+-- of the history writer is written once, at its end), its end too.
+create function app_private.tg_job_runs__insert_events() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_count bigint := (select count(*) from new_rows);
+begin
+  if v_count > 10000 then
+    perform app_private.publish_job_events_overflow(v_count);
+    return null;
+  end if;
+  perform app_private.publish_job_events(jsonb_agg(e order by n.started_at))
+  from new_rows n,
+  lateral (
+    select app_private.job_run_event('started', n.started_at, n) as e where n.outcome <> 'skipped'
+    union all
+    select app_private.job_run_event(case n.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else n.outcome end,
+                                     n.finished_at, n)
+    where n.outcome <> 'running'
+  ) ev
+  having count(*) > 0;
+  return null;
+end;
+$$;
+
+create function app_private.tg_job_runs__update_events() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_count bigint := (select count(*) from new_rows);
+begin
+  if v_count > 10000 then
+    perform app_private.publish_job_events_overflow(v_count);
+    return null;
+  end if;
+  perform app_private.publish_job_events(jsonb_agg(app_private.job_run_event(
+      case n.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else n.outcome end,
+      coalesce(n.finished_at, now()), n) order by n.started_at))
+  from new_rows n join old_rows o on o.id = n.id
+  where o.outcome = 'running' and n.outcome <> 'running'
+  having count(*) > 0;
+  return null;
+end;
+$$;
+
+create trigger _910_events_insert after insert on app_public.job_runs
+  referencing new table as new_rows
+  for each statement execute function app_private.tg_job_runs__insert_events();
+create trigger _910_events_update after update on app_public.job_runs
+  referencing old table as old_rows new table as new_rows
+  for each statement execute function app_private.tg_job_runs__update_events();
+
+create function app_private.tg_jobs__enqueued_events() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_count bigint := (select count(*) from new_jobs);
+begin
+  if v_count > 10000 then
+    perform app_private.publish_job_events_overflow(v_count);
+    return null;
+  end if;
+  perform app_private.publish_job_events(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+      'kind', 'enqueued', 'at', n.created_at, 'jobId', n.id::text, 'taskIdentifier', t.identifier,
+      'jobKey', n.key, 'runAt', n.run_at,
+      'scheduleId', case when starts_with(n.key, 'cron:') then substr(n.key, 6) end)) order by n.id))
+  from new_jobs n join graphile_worker._private_tasks t on t.id = n.task_id
+  having count(*) > 0;
+  return null;
+end;
+$$;
+create trigger _910_hourglass_events after insert on graphile_worker._private_jobs
+  referencing new table as new_jobs
+  for each statement execute function app_private.tg_jobs__enqueued_events();
+
+create function app_private.tg_schedules__events() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  perform app_private.publish_job_events(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+    'kind', case when new.paused_at is null then 'schedule_resumed' else 'schedule_paused' end,
+    'at', now(), 'scheduleId', new.id, 'taskIdentifier', new.task_identifier,
+    'reason', left(new.pause_reason, 200)))));
+  return null;
+end;
+$$;
+create trigger _910_events after update of paused_at on app_public.schedules
+  for each row when (old.paused_at is distinct from new.paused_at)
+  execute function app_private.tg_schedules__events();

@@ -1,0 +1,280 @@
+// Live job events: a real API process's jobEvents subscription over websockets (graphql-ws), fed by
+// Postgres NOTIFY from triggers. A job enqueued by a DBA's SQL UPDATE reaches a subscribed client
+// within a second; runs, crash recovery's abandoned marks and schedule changes arrive too; the
+// filters hold; a rolled-back change publishes nothing; only admins may subscribe, and a
+// subscription ends once its session is gone.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createClient, type Client } from "graphql-ws";
+import { z } from "zod";
+import { startApi, type ApiHandle } from "../../src/api/server.ts";
+import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
+import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { createCompany, createWorker, draftOffer } from "../helpers/offers.ts";
+
+let db: TestDb;
+let api: ApiHandle;
+let admin: { sessionId: string; token: string };
+let user: { sessionId: string; token: string };
+const clients: Client[] = [];
+
+const flaky = resolveTask("t_events", defineTask({
+  description: "succeeds or fails when asked to (test)",
+  payload: z.object({ fail: z.boolean() }),
+  maxAttempts: 1,
+  async run({ fail }) {
+    if (fail) throw new Error("asked to fail");
+    return { ok: true };
+  },
+}));
+
+beforeAll(async () => {
+  db = await createTestDb();
+  await syncCatalogue(db.pool, [flaky]);
+  await db.pool.query(`select app_private.sync_schedules('[{"id": "t_events_minutely", "pattern": "* * * * *", "task": "t_events", "options": {}, "payload": {"fail": false}}]')`);
+  api = await startApi({
+    authUrl: db.authUrl,
+    config: testConfig(db),
+    log: testLog,
+    health: { workerRunning: () => null },
+    tasks: [...(await loadTasks()), flaky],
+    eventsRecheckMs: 200,
+  });
+  admin = await signIn(db, (await createUser(db, { isAdmin: true })).id);
+  user = await signIn(db, (await createUser(db)).id);
+});
+afterAll(async () => {
+  await Promise.all(clients.map((c) => c.dispose()));
+  await api?.stop();
+  await db?.drop();
+});
+
+interface Event {
+  kind: string;
+  at: string;
+  jobId: string | null;
+  taskIdentifier: string | null;
+  jobKey: string | null;
+  attempt: number | null;
+  outcome: string | null;
+  scheduleId: string | null;
+  reason: string | null;
+  count: number | null;
+}
+
+interface Subscription {
+  events: (Event & { receivedAt: number })[];
+  errors: { message: string; extensions?: { code?: string } }[];
+  ended: Promise<void>;
+  /** Resolves with the first event (from now on) that matches. */
+  next(match: (e: Event) => boolean, timeoutMs?: number): Promise<Event & { receivedAt: number }>;
+  stop(): void;
+}
+
+/** Subscribes and resolves once the server has the subscription (its LISTEN is in place). */
+async function subscribe(token: string | null, args: { tasks?: string[]; keyPrefix?: string } = {}): Promise<Subscription> {
+  const client = createClient({
+    url: `${api.url.replace(/^http/, "ws")}/graphql`,
+    connectionParams: token ? { authorization: `Bearer ${token}` } : {},
+    retryAttempts: 0,
+    lazy: false,
+  });
+  clients.push(client);
+  const events: Subscription["events"] = [];
+  const errors: Subscription["errors"] = [];
+  const waiters = new Set<{ match: (e: Event) => boolean; resolve: (e: Event & { receivedAt: number }) => void }>();
+  let endedResolve!: () => void;
+  const ended = new Promise<void>((r) => (endedResolve = r));
+  const stop = client.subscribe<{ jobEvents: Event }>(
+    {
+      query: `subscription ($tasks: [String!], $keyPrefix: String) {
+        jobEvents(tasks: $tasks, keyPrefix: $keyPrefix) { kind at jobId taskIdentifier jobKey attempt outcome scheduleId reason count }
+      }`,
+      variables: args,
+    },
+    {
+      next(result) {
+        if (result.errors) errors.push(...(result.errors as Subscription["errors"]));
+        if (!result.data) return;
+        const e = { ...result.data.jobEvents, receivedAt: Date.now() };
+        events.push(e);
+        if (e.kind === "probe") return;
+        for (const w of waiters) if (w.match(e)) (waiters.delete(w), w.resolve(e));
+      },
+      error(err) {
+        errors.push(...(Array.isArray(err) ? err : [{ message: String((err as Error).message ?? err) }]));
+        endedResolve();
+      },
+      complete: () => endedResolve(),
+    },
+  );
+  // Live once the server has run the subscription (its LISTEN in place): publish a probe event
+  // that passes the filter until one arrives (or the subscription is refused).
+  const probe = { kind: "probe", at: new Date().toISOString(), taskIdentifier: args.tasks?.[0], jobKey: `${args.keyPrefix ?? ""}probe` };
+  await waitFor(async () => {
+    await db.pool.query("select pg_notify('hourglass:job_events', $1)", [JSON.stringify([probe])]);
+    await new Promise((r) => setTimeout(r, 50));
+    return events.some((e) => e.kind === "probe") || errors.length > 0;
+  });
+  events.splice(0, events.length, ...events.filter((e) => e.kind !== "probe"));
+  return {
+    events,
+    errors,
+    ended,
+    stop,
+    next: (match, timeoutMs = 5000) => {
+      const seen = events.find(match);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const w = { match, resolve };
+        waiters.add(w);
+        setTimeout(() => (waiters.delete(w), reject(new Error(`no matching event within ${timeoutMs} ms; got ${JSON.stringify(events)}`))), timeoutMs);
+      });
+    },
+  };
+}
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000) {
+  const until = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe("jobEvents", () => {
+  it("delivers a job enqueued by a SQL UPDATE to a subscribed client within a second", async () => {
+    const company = await createCompany(db);
+    const worker = await createWorker(db);
+    const offerId = await draftOffer(db, company, worker, 3);
+    const sub = await subscribe(admin.token, { keyPrefix: `offers:${offerId}:` });
+
+    // A DBA's bulk-style update (owner role, no API): the trigger enqueues the expiry job.
+    const committedAt = await (async () => {
+      const c = await db.pool.connect();
+      try {
+        await c.query("begin");
+        await c.query("update app_public.offers set status = 'SENT' where id = $1", [offerId]);
+        await c.query("commit");
+        return Date.now();
+      } finally {
+        c.release();
+      }
+    })();
+    const event = await sub.next((e) => e.kind === "enqueued");
+    expect(event).toMatchObject({ kind: "enqueued", taskIdentifier: "offers__expire", jobKey: `offers:${offerId}:expire` });
+    expect(event.jobId).toMatch(/^\d+$/);
+    expect(event.receivedAt - committedAt).toBeLessThan(1000);
+    // Nothing else of this offer's: the filter held back every other job.
+    expect(sub.events.every((e) => e.jobKey?.startsWith(`offers:${offerId}:`))).toBe(true);
+  });
+
+  it("streams a run's start and end, filtered by task", async () => {
+    const sub = await subscribe(admin.token, { tasks: ["t_events"] });
+    await db.pool.query(`select graphile_worker.add_job('send_email', '{}', job_key := 'not-for-this-filter');
+      select graphile_worker.add_job('t_events', '{"fail": false}', job_key := 'events:ok');
+      select graphile_worker.add_job('t_events', '{"fail": true}', job_key := 'events:bad', max_attempts := 1)`);
+    await db.pool.query("select graphile_worker.remove_job('not-for-this-filter')");
+    await drainJobs(db, [flaky]);
+    const ok = await sub.next((e) => e.kind === "succeeded" && e.jobKey === "events:ok");
+    const bad = await sub.next((e) => e.kind === "failed" && e.jobKey === "events:bad");
+    expect(ok).toMatchObject({ taskIdentifier: "t_events", attempt: 1, outcome: "succeeded" });
+    expect(bad).toMatchObject({ taskIdentifier: "t_events", attempt: 1, outcome: "failed_permanently" });
+    const kinds = (key: string) => sub.events.filter((e) => e.jobKey === key).map((e) => e.kind);
+    expect(kinds("events:ok")).toEqual(["enqueued", "started", "succeeded"]);
+    expect(kinds("events:bad")).toEqual(["enqueued", "started", "failed"]);
+    expect(sub.events.filter((e) => e.taskIdentifier !== "t_events")).toEqual([]);
+  });
+
+  it("streams crash recovery's abandoned marks and schedule pauses, with the skipped ticks' schedule", async () => {
+    const sub = await subscribe(admin.token, { tasks: ["t_events"] });
+    // A run left `running` by a worker that died; recovery marks it abandoned.
+    await db.pool.query(`insert into app_public.job_runs (id, job_id, task_identifier, attempt, max_attempts, worker_id, started_at, outcome, job_key)
+      values (gen_random_uuid(), 999999, 't_events', 1, 1, 'dead-worker', now(), 'running', 'events:orphan')`);
+    await db.pool.query("update app_public.job_runs set outcome = 'abandoned', finished_at = now() where job_key = 'events:orphan'");
+    expect(await sub.next((e) => e.kind === "abandoned")).toMatchObject({ jobKey: "events:orphan", outcome: "abandoned" });
+
+    const c = await db.pool.connect();
+    try {
+      await c.query("begin");
+      await c.query("select set_config('hourglass.session_id', $1, true)", [admin.sessionId]);
+      await c.query("select app_public.pause_schedule('t_events_minutely', 'deploying')");
+      await c.query("commit");
+    } finally {
+      c.release();
+    }
+    expect(await sub.next((e) => e.kind === "schedule_paused")).toMatchObject({ scheduleId: "t_events_minutely", taskIdentifier: "t_events", reason: "deploying" });
+    // A paused tick, as the worker records it: skipped, with the entry's key.
+    await db.pool.query(`insert into app_public.job_runs (id, job_id, task_identifier, attempt, max_attempts, worker_id, started_at, finished_at, outcome, job_key)
+      values (gen_random_uuid(), 0, 't_events', 0, 1, 'w', now(), now(), 'skipped', 'cron:t_events_minutely')`);
+    expect(await sub.next((e) => e.kind === "skipped")).toMatchObject({ scheduleId: "t_events_minutely" });
+    expect(sub.events.filter((e) => e.jobKey === "cron:t_events_minutely").map((e) => e.kind)).toEqual(["skipped"]);
+  });
+
+  it("publishes nothing for a rolled-back change", async () => {
+    const sub = await subscribe(admin.token, { keyPrefix: "rollback:" });
+    const c = await db.pool.connect();
+    try {
+      await c.query("begin");
+      await c.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:1')");
+      await c.query("rollback");
+      await c.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:2')");
+    } finally {
+      c.release();
+    }
+    await sub.next((e) => e.jobKey === "rollback:2");
+    expect(sub.events.map((e) => e.jobKey)).toEqual(["rollback:2"]);
+    await db.pool.query("select graphile_worker.remove_job('rollback:2')");
+  });
+
+  it("splits a large batch across notifications and loses none of it", async () => {
+    const sub = await subscribe(admin.token, { keyPrefix: "bulk:" });
+    // 300 jobs with 400-character keys in one statement: about 150 kB of events.
+    await db.pool.query(`select graphile_worker.add_jobs(array(
+      select row('t_events', '{"fail": false}'::json, null, null, null, 'bulk:' || g || ':' || repeat('x', 400), null, null)::graphile_worker.job_spec
+      from generate_series(1, 300) g))`);
+    await waitFor(async () => sub.events.length >= 300);
+    expect(new Set(sub.events.map((e) => e.jobKey)).size).toBe(300);
+    await db.pool.query("select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'bulk:%'");
+  });
+
+  it("sends one overflow event, past any filter, for a statement that enqueues more than 10,000 jobs", async () => {
+    const sub = await subscribe(admin.token, { tasks: ["no_such_task"] });
+    await db.pool.query(`select graphile_worker.add_jobs(array(
+      select row('t_events', '{"fail": false}'::json, null, null, null, 'flood:' || g, null, null)::graphile_worker.job_spec
+      from generate_series(1, 10001) g))`);
+    expect(await sub.next((e) => e.kind === "overflow")).toMatchObject({ kind: "overflow", count: 10001 });
+    expect(sub.events.map((e) => e.kind)).toEqual(["overflow"]);
+    await db.pool.query("delete from graphile_worker._private_jobs where key like 'flood:%'");
+  });
+
+  it("refuses non-admins, anonymous clients and bad tokens, and checks its filter", async () => {
+    const asUser = await subscribe(user.token);
+    await asUser.ended;
+    expect(asUser.errors.map((e) => e.extensions?.code ?? e.message)).toEqual(["ADMIN"]);
+    const anonymous = await subscribe(null);
+    await anonymous.ended;
+    expect(anonymous.errors.map((e) => e.extensions?.code ?? e.message)).toEqual(["ADMIN"]);
+    const badToken = await subscribe("x".repeat(43));
+    await badToken.ended;
+    expect(badToken.errors.map((e) => e.message)).toEqual(["Invalid or expired session token."]);
+    const badFilter = await subscribe(admin.token, { keyPrefix: "" });
+    await badFilter.ended;
+    expect(badFilter.errors.map((e) => e.extensions?.code)).toEqual(["EVFLT"]);
+    for (const s of [asUser, anonymous, badToken, badFilter]) expect(s.events).toEqual([]);
+  });
+
+  it("ends a subscription whose session is gone", async () => {
+    const other = await signIn(db, (await createUser(db, { isAdmin: true })).id);
+    const sub = await subscribe(other.token, { keyPrefix: "session:" });
+    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'session:1')");
+    await sub.next((e) => e.jobKey === "session:1");
+    await db.pool.query("delete from app_private.sessions where id = $1", [other.sessionId]);
+    await new Promise((r) => setTimeout(r, 300)); // past the re-check interval (200 ms here)
+    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'session:2')");
+    await sub.ended;
+    expect(sub.errors.map((e) => e.extensions?.code)).toEqual(["ADMIN"]);
+    expect(sub.events.map((e) => e.jobKey)).toEqual(["session:1"]);
+    await db.pool.query("select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'session:%'");
+  });
+});
