@@ -1,5 +1,5 @@
 --! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
---! Hash: sha1:feab8ee72a8e60c69595b1585110c3d2d8b07237
+--! Hash: sha1:244cc618743ec4ad72b50c3d928e90caa6bf406d
 --! Message: live job events (NOTIFY) and activity rollups
 
 -- Live job events and activity rollups, for the dashboard and any client.
@@ -13,6 +13,11 @@
 -- API's jobEvents subscription listens, filters by task and key prefix, and streams them to
 -- admins one by one. Payloads and errors never travel in events (they may be large, and a
 -- payload is only for admins reading history).
+--
+-- Events cost the writes that publish them (a few microseconds per job: JSON, NOTIFY), so they
+-- are published only while someone watches: each API process with live subscriptions keeps a row
+-- in app_private.job_event_listeners (refreshed every 20 s, gone 60 s after it stops), and the
+-- triggers check for one first. A DBA watching in psql adds one with watch_job_events().
 --
 -- graphile-worker has no hook for "a job was added", so enqueues are observed by a trigger on its
 -- jobs table: the one place Hourglass attaches to a graphile_worker table. A graphile-worker
@@ -39,6 +44,11 @@ drop function if exists app_private.tg_job_runs__insert_events();
 drop function if exists app_private.tg_job_runs__update_events();
 drop function if exists app_private.tg_jobs__enqueued_events();
 drop function if exists app_private.publish_job_events(jsonb);
+drop function if exists app_private.job_events_wanted();
+drop function if exists app_private.watch_job_events(interval);
+drop function if exists app_hidden.touch_job_event_listener(text, interval);
+drop function if exists app_hidden.drop_job_event_listener(text);
+drop table if exists app_private.job_event_listeners;
 drop function if exists app_private.publish_job_events_overflow(bigint);
 drop function if exists app_private.job_run_event(text, timestamptz, app_public.job_runs);
 drop function if exists app_private.add_to_job_rollups(text, text, timestamptz, double precision);
@@ -255,6 +265,52 @@ grant execute on function app_public.job_stats(timestamptz) to :DATABASE_VISITOR
 ----------------------------------------------------------------------------------------------------
 -- Events
 
+create table app_private.job_event_listeners (
+  id text primary key,
+  expires_at timestamptz not null
+);
+comment on table app_private.job_event_listeners is E'Who is watching job events: an API process with live jobEvents subscriptions, or a DBA (watch_job_events). Events are published only while a row has not expired.';
+
+create function app_private.job_events_wanted() returns boolean
+language sql stable
+set search_path to pg_catalog, public, pg_temp
+as $$
+  select exists (select 1 from app_private.job_event_listeners where expires_at > now());
+$$;
+
+-- For the API (its authenticator connection): keep or drop this process's row.
+create function app_hidden.touch_job_event_listener(id text, ttl interval) returns void
+language sql volatile security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+  insert into app_private.job_event_listeners as l (id, expires_at) values (id, now() + least(ttl, interval '10 minutes'))
+  on conflict (id) do update set expires_at = excluded.expires_at;
+  delete from app_private.job_event_listeners l where l.expires_at < now() - interval '1 hour';
+$$;
+comment on function app_hidden.touch_job_event_listener(text, interval) is E'An API process with live job event subscriptions: publish events for the next ttl (at most 10 minutes).';
+create function app_hidden.drop_job_event_listener(id text) returns void
+language sql volatile security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+  delete from app_private.job_event_listeners l where l.id = drop_job_event_listener.id;
+$$;
+comment on function app_hidden.drop_job_event_listener(text) is E'An API process''s last job event subscription ended.';
+revoke all on function app_hidden.touch_job_event_listener(text, interval) from public;
+revoke all on function app_hidden.drop_job_event_listener(text) from public;
+grant execute on function app_hidden.touch_job_event_listener(text, interval) to :DATABASE_AUTHENTICATOR;
+grant execute on function app_hidden.drop_job_event_listener(text) to :DATABASE_AUTHENTICATOR;
+
+-- For a DBA: `select app_private.watch_job_events(); listen "hourglass:job_events";`
+create function app_private.watch_job_events(for_how_long interval default '1 hour') returns timestamptz
+language sql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+  insert into app_private.job_event_listeners as l (id, expires_at) values ('sql:' || session_user || ':' || pg_backend_pid(), now() + for_how_long)
+  on conflict (id) do update set expires_at = excluded.expires_at
+  returning expires_at;
+$$;
+comment on function app_private.watch_job_events(interval) is E'Publishes job events (NOTIFY hourglass:job_events) for the given time, for a DBA listening in psql. Returns until when.';
+
 create function app_private.publish_job_events(events jsonb) returns void
 language sql volatile
 set search_path to pg_catalog, public, pg_temp
@@ -298,8 +354,12 @@ language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_count bigint := (select count(*) from new_rows);
+  v_count bigint;
 begin
+  if not app_private.job_events_wanted() then
+    return null;
+  end if;
+  v_count := (select count(*) from new_rows);
   if v_count > 10000 then
     perform app_private.publish_job_events_overflow(v_count);
     return null;
@@ -323,8 +383,12 @@ language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_count bigint := (select count(*) from new_rows);
+  v_count bigint;
 begin
+  if not app_private.job_events_wanted() then
+    return null;
+  end if;
+  v_count := (select count(*) from new_rows);
   if v_count > 10000 then
     perform app_private.publish_job_events_overflow(v_count);
     return null;
@@ -351,8 +415,12 @@ language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_count bigint := (select count(*) from new_jobs);
+  v_count bigint;
 begin
+  if not app_private.job_events_wanted() then
+    return null;
+  end if;
+  v_count := (select count(*) from new_jobs);
   if v_count > 10000 then
     perform app_private.publish_job_events_overflow(v_count);
     return null;
@@ -375,6 +443,9 @@ language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
 begin
+  if not app_private.job_events_wanted() then
+    return null;
+  end if;
   perform app_private.publish_job_events(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
     'kind', case when new.paused_at is null then 'schedule_resumed' else 'schedule_paused' end,
     'at', now(), 'scheduleId', new.id, 'taskIdentifier', new.task_identifier,

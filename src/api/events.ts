@@ -6,12 +6,20 @@
 // `overflow` event instead, which every subscription receives. PostGraphile's subscriber holds one LISTEN connection per API process;
 // each subscription filters what arrives by task and key prefix and yields events one by one.
 //
+// Postgres publishes events only while someone watches (they cost the writes a few microseconds
+// per job): while this process has live subscriptions it keeps a row in
+// app_private.job_event_listeners, refreshed every 20 s and valid for 60 s.
+//
 // Admins only, decided in SQL: app_hidden.require_admin() runs with the subscriber's own session
 // before the first event and again at most every recheckMs while events flow, so a subscription
 // ends (ADMIN) soon after its session expires, is logged out or loses admin rights. If the LISTEN
 // connection drops, PostGraphile ends every subscription with an error rather than silently
 // missing events; clients resubscribe (the dashboard does, with backoff) and re-read state.
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import type pg from "pg";
 import { context, lambda, listen, type GrafastSubscriber } from "postgraphile/grafast";
+import type { Logger } from "../log.ts";
 import { extendSchema, gql } from "postgraphile/utils";
 import { CodedError } from "./trigger.ts";
 
@@ -89,29 +97,106 @@ export function checkFilter(tasks: unknown, keyPrefix: unknown): JobEventFilter 
 }
 
 /**
+ * This process's claim that someone is watching: a row in app_private.job_event_listeners while
+ * at least one subscription is live. Changes are applied one at a time, in order.
+ */
+export class JobEventListeners {
+  static readonly TTL_MS = 60_000;
+  static readonly REFRESH_MS = 20_000;
+  readonly #pool: pg.Pool;
+  readonly #log: Logger;
+  readonly #id = `api:${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  #live = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #chain: Promise<void> = Promise.resolve();
+
+  constructor(pool: pg.Pool, log: Logger) {
+    this.#pool = pool;
+    this.#log = log;
+  }
+
+  #queue(op: () => Promise<void>): Promise<void> {
+    const next = this.#chain.then(op);
+    this.#chain = next.catch(() => {});
+    return next;
+  }
+
+  #touch = () =>
+    this.#pool.query("select app_hidden.touch_job_event_listener($1, $2::interval)", [this.#id, `${JobEventListeners.TTL_MS} milliseconds`]).then(() => {});
+
+  /** Starts publishing (if this is the first live subscription); returns its release. */
+  async acquire(): Promise<() => Promise<void>> {
+    await this.#queue(async () => {
+      if (this.#live === 0) {
+        await this.#touch();
+        this.#timer = setInterval(() => {
+          this.#queue(this.#touch).catch((err: unknown) => this.#log.warn("could not refresh the job event listener", { err }));
+        }, JobEventListeners.REFRESH_MS);
+        this.#timer.unref();
+      }
+      this.#live++;
+    });
+    let released = false;
+    return () => {
+      if (released) return Promise.resolve();
+      released = true;
+      return this.#queue(async () => {
+        if (--this.#live > 0) return;
+        await this.#stop();
+      }).catch((err: unknown) => this.#log.warn("could not drop the job event listener", { err }));
+    };
+  }
+
+  async #stop() {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    await this.#pool.query("select app_hidden.drop_job_event_listener($1)", [this.#id]);
+  }
+
+  /** On shutdown: stop publishing for this process. */
+  close(): Promise<void> {
+    return this.#queue(async () => {
+      if (this.#live === 0) return;
+      this.#live = 0;
+      await this.#stop();
+    }).catch((err: unknown) => this.#log.warn("could not drop the job event listener", { err }));
+  }
+}
+
+/**
  * A subscriber for one subscription: authorises, then reads the shared channel and yields the
  * events that pass the filter (the topic it is given is the filter, as JSON).
  */
 export class FilteredJobEvents {
   readonly #source: GrafastSubscriber;
   readonly #authorize: () => Promise<void>;
+  readonly #listeners: JobEventListeners;
   readonly #recheckMs: number;
 
-  constructor(source: GrafastSubscriber, authorize: () => Promise<void>, recheckMs = 30_000) {
+  constructor(source: GrafastSubscriber, authorize: () => Promise<void>, listeners: JobEventListeners, recheckMs = 30_000) {
     this.#source = source;
     this.#authorize = authorize;
+    this.#listeners = listeners;
     this.#recheckMs = recheckMs;
   }
 
   async subscribe(topic: string): Promise<AsyncIterableIterator<JobEvent>> {
     const filter = JSON.parse(topic) as JobEventFilter;
     await this.#authorize();
-    const inner = await this.#source.subscribe(JOB_EVENTS_CHANNEL);
+    const release = await this.#listeners.acquire();
+    let inner: AsyncIterator<unknown>;
+    try {
+      inner = await this.#source.subscribe(JOB_EVENTS_CHANNEL);
+    } catch (err) {
+      await release();
+      throw err;
+    }
     const authorize = this.#authorize;
     const recheckMs = this.#recheckMs;
     let checkedAt = Date.now();
     const ready: JobEvent[] = [];
     const finish = async () => {
+      await release();
       await inner.return?.(undefined);
     };
     const iterator: AsyncIterableIterator<JobEvent> = {
@@ -147,7 +232,7 @@ export class FilteredJobEvents {
   }
 }
 
-export function JobEventsPlugin(options: { recheckMs?: number } = {}): GraphileConfig.Plugin {
+export function JobEventsPlugin(options: { listeners: JobEventListeners; recheckMs?: number }): GraphileConfig.Plugin {
   return extendSchema(() => ({
     typeDefs: gql`
       """
@@ -209,7 +294,7 @@ export function JobEventsPlugin(options: { recheckMs?: number } = {}): GraphileC
                     await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
                   };
                   // Its subscribe takes the filter (JSON) as the topic.
-                  return new FilteredJobEvents(subscriber, authorize, options.recheckMs) as unknown as GrafastSubscriber;
+                  return new FilteredJobEvents(subscriber, authorize, options.listeners, options.recheckMs) as unknown as GrafastSubscriber;
                 },
               );
               return listen($events, $topic);

@@ -10,7 +10,7 @@ import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import type { GraphQLError } from "postgraphile/graphql";
 import type { ResolvedTask } from "../worker/task.ts";
 import { checkBearer, sessionOf } from "./auth.ts";
-import { JobEventsPlugin } from "./events.ts";
+import { JobEventsPlugin, type JobEventListeners } from "./events.ts";
 import { TriggerTaskPayloadPlugin } from "./trigger.ts";
 import { SafeError } from "postgraphile/grafast";
 
@@ -18,6 +18,8 @@ export interface PresetOptions {
   pool: pg.Pool;
   /** LISTEN/NOTIFY for subscriptions; the caller releases it (PostGraphile's release() does not). */
   pgSubscriber: PgSubscriber;
+  /** Tells Postgres to publish job events while subscriptions are live. */
+  eventListeners: JobEventListeners;
   visitorRole: string;
   statementTimeoutMs: number;
   sessionLifetimeDays: number;
@@ -49,7 +51,7 @@ async function websocketSession(pool: pg.Pool, ws: WebSocketRequestContext): Pro
 export function makePreset(o: PresetOptions): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
-    plugins: [TriggerTaskPayloadPlugin(o.tasks), JobEventsPlugin({ recheckMs: o.eventsRecheckMs })],
+    plugins: [TriggerTaskPayloadPlugin(o.tasks), JobEventsPlugin({ listeners: o.eventListeners, recheckMs: o.eventsRecheckMs })],
     pgServices: [makePgService({ pool: o.pool, pgSubscriber: o.pgSubscriber, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",

@@ -6,13 +6,15 @@ import { makeSchema } from "postgraphile";
 import { PgSubscriber } from "postgraphile/adaptors/pg";
 import { lexicographicSortSchema, printSchema } from "postgraphile/graphql";
 import { makePreset } from "./preset.ts";
+import { JobEventListeners } from "./events.ts";
+import { createLogger } from "../log.ts";
 
 export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graphql");
 
 export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promise<string> {
   const pgSubscriber = new PgSubscriber(pool);
   try {
-    const preset = makePreset({ pool, pgSubscriber, visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
+    const preset = makePreset({ pool, pgSubscriber, eventListeners: new JobEventListeners(pool, createLogger({ level: "error", format: "json" })), visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
     const { schema } = await makeSchema(preset);
     return printSchema(lexicographicSortSchema(schema)) + "\n";
   } finally {

@@ -16,6 +16,7 @@ import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
 import { metricsHandler } from "./metrics.ts";
+import { JobEventListeners } from "./events.ts";
 import { loadTasks } from "../worker/catalogue.ts";
 import type { ResolvedTask } from "../worker/task.ts";
 
@@ -88,10 +89,12 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
   const development = config.mode === "development";
   // One listening connection per process for every subscription (jobEvents).
   const pgSubscriber = new PgSubscriber(pool);
+  const eventListeners = new JobEventListeners(pool, apiLog);
   const pgl = postgraphile(
     makePreset({
       pool,
       pgSubscriber,
+      eventListeners,
       visitorRole: config.roles.visitor,
       statementTimeoutMs: config.statementTimeoutMs,
       sessionLifetimeDays: config.accounts.sessionLifetimeDays,
@@ -168,6 +171,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
         });
         await pgl.release();
         pgSubscriber.release();
+        await eventListeners.close();
         await pool.end();
         apiLog.info("API stopped");
       })()),

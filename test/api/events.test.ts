@@ -5,6 +5,7 @@
 // subscription ends once its session is gone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createClient, type Client } from "graphql-ws";
+import pg from "pg";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
@@ -141,6 +142,49 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000) {
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Notifications on the events channel seen by a plain LISTEN connection (as a DBA in psql). */
+async function rawListener() {
+  const client = new pg.Client({ connectionString: db.ownerUrl });
+  await client.connect();
+  const payloads: string[] = [];
+  client.on("notification", (n) => payloads.push(n.payload ?? ""));
+  await client.query('listen "hourglass:job_events"');
+  return { payloads, client, end: () => client.end() };
+}
+const listenerRows = async () => (await db.pool.query("select id from app_private.job_event_listeners where expires_at > now()")).rows.map((r) => r.id as string);
+
+describe("publishing only while someone watches", () => {
+  it("publishes nothing with no subscription, while a subscription is live, and not after it ends", async () => {
+    const raw = await rawListener();
+    try {
+      expect(await listenerRows()).toEqual([]);
+      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:before')");
+      await new Promise((r) => setTimeout(r, 300));
+      expect(raw.payloads).toEqual([]);
+
+      const sub = await subscribe(admin.token, { keyPrefix: "watch:" });
+      expect(await listenerRows()).toEqual([expect.stringMatching(/^api:/)]);
+      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:during')");
+      await sub.next((e) => e.jobKey === "watch:during");
+      sub.stop();
+      await waitFor(async () => (await listenerRows()).length === 0);
+      const seen = raw.payloads.length;
+      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:after')");
+      await new Promise((r) => setTimeout(r, 300));
+      expect(raw.payloads.length).toBe(seen);
+
+      // A DBA watching in psql.
+      await db.pool.query("select app_private.watch_job_events(interval '1 minute')");
+      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:psql')");
+      await waitFor(async () => raw.payloads.some((p) => p.includes("watch:psql")));
+      await db.pool.query("delete from app_private.job_event_listeners");
+    } finally {
+      await raw.end();
+      await db.pool.query("select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'watch:%'");
+    }
+  });
+});
 
 describe("jobEvents", () => {
   it("delivers a job enqueued by a SQL UPDATE to a subscribed client within a second", async () => {
