@@ -137,7 +137,7 @@ function summary(log: Logger, db: Database, api: ApiHandle | null, worker: Worke
     ms: Math.round(performance.now() - startedAt),
     mode,
     database: safeUrl(db.ownerUrl) + (db.embedded ? ` (embedded, data in ${db.embedded.dataDir})` : ""),
-    ...(api ? { graphql: `${api.url}/graphql`, health: `${api.url}/healthz` } : {}),
+    ...(api ? { graphql: `${api.url}/graphql`, dashboard: `${api.url}/dashboard`, health: `${api.url}/healthz` } : {}),
     ...(api && mode === "development" ? { graphiql: `${api.url}/graphiql` } : {}),
     ...(worker ? { worker: worker.workerId } : {}),
   });

@@ -17,6 +17,7 @@ import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
 import { metricsHandler } from "./metrics.ts";
 import { JobEventListeners } from "./events.ts";
+import { dashboardRoutes } from "./dashboard.ts";
 import { loadTasks } from "../worker/catalogue.ts";
 import type { ResolvedTask } from "../worker/task.ts";
 
@@ -121,6 +122,8 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
       jobs,
     });
   });
+  // The operations dashboard (a static app on the GraphQL API) and the sign-in links' landing page.
+  app.use(dashboardRoutes({ log: apiLog }));
   app.get("/metrics", metricsHandler(pool, { deadAfterMs: config.worker.deadAfterMs, token: config.metricsToken, log: apiLog }));
   app.use("/graphql", authenticate(pool, apiLog));
   app.post("/uploads", authenticate(pool, apiLog), uploadHandler(pool, config, apiLog));
