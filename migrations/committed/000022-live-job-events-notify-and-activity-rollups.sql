@@ -1,5 +1,5 @@
 --! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
---! Hash: sha1:244cc618743ec4ad72b50c3d928e90caa6bf406d
+--! Hash: sha1:975ba90a640cce2e394c3f5096f4ba9da9763ed2
 --! Message: live job events (NOTIFY) and activity rollups
 
 -- Live job events and activity rollups, for the dashboard and any client.
@@ -7,8 +7,9 @@
 -- Events. Why: the dashboard (and scripts) must see jobs move without polling. Each change is
 -- published with NOTIFY on the channel hourglass:job_events, in the transaction that makes it,
 -- so a rolled-back change publishes nothing: a job enqueued (by anything: a trigger, a DBA's
--- add_job, the API), a run started or ended (the workers' history writes; crash recovery's
--- abandoned marks) and a schedule paused or resumed. A notification's payload is a JSON array of
+-- add_job, the API), a run started or ended (published by the workers' history writers in the
+-- statement that writes each batch, and by a trigger for crash recovery's abandoned marks) and a
+-- schedule paused or resumed. A notification's payload is a JSON array of
 -- events (at most about 7 kB, as NOTIFY allows 8 kB; a batch of events is sent as several). The
 -- API's jobEvents subscription listens, filters by task and key prefix, and streams them to
 -- admins one by one. Payloads and errors never travel in events (they may be large, and a
@@ -19,9 +20,10 @@
 -- in app_private.job_event_listeners (refreshed every 20 s, gone 60 s after it stops), and the
 -- triggers check for one first. A DBA watching in psql adds one with watch_job_events().
 --
--- graphile-worker has no hook for "a job was added", so enqueues are observed by a trigger on its
--- jobs table: the one place Hourglass attaches to a graphile_worker table. A graphile-worker
--- upgrade that rebuilds the table drops the trigger; the events test fails when it is gone.
+-- graphile-worker has no hook for "a job was added", so enqueues are observed by a statement
+-- trigger on its jobs table: the one place Hourglass attaches to a graphile_worker table (it reads
+-- the new rows' task through the public graphile_worker.jobs view). A graphile-worker upgrade that
+-- rebuilds the table drops the trigger; the events test fails when it is gone.
 --
 -- Rollups. Why: a dashboard's charts and totals (runs per minute over the last hour, per hour
 -- over the last day, by task and outcome over a window) counted from job_runs read every row of
@@ -36,12 +38,11 @@ drop type if exists app_public.job_activity_bucket;
 drop function if exists app_public.job_stats(timestamptz);
 drop type if exists app_public.job_stat;
 drop trigger if exists _910_events on app_public.schedules;
-drop trigger if exists _910_events_insert on app_public.job_runs;
-drop trigger if exists _910_events_update on app_public.job_runs;
+drop trigger if exists _910_events_abandoned on app_public.job_runs;
 drop trigger if exists _910_hourglass_events on graphile_worker._private_jobs;
 drop function if exists app_private.tg_schedules__events();
-drop function if exists app_private.tg_job_runs__insert_events();
-drop function if exists app_private.tg_job_runs__update_events();
+drop function if exists app_private.tg_job_runs__abandoned_events();
+drop function if exists app_private.job_run_events(app_public.job_runs, boolean);
 drop function if exists app_private.tg_jobs__enqueued_events();
 drop function if exists app_private.publish_job_events(jsonb);
 drop function if exists app_private.job_events_wanted();
@@ -347,68 +348,36 @@ as $$
     'scheduleId', case when starts_with(r.job_key, 'cron:') then substr(r.job_key, 6) end));
 $$;
 
--- A history row written: started, and when it was written finished (a run shorter than a flush
--- of the history writer is written once, at its end), its end too.
-create function app_private.tg_job_runs__insert_events() returns trigger
+-- A run's events: when its history row is first written, started (unless a paused tick's skip)
+-- and, when it was written finished (a run shorter than a flush of the history writer is written
+-- once, at its end), its end too; when a running row is completed, its end.
+create function app_private.job_run_events(r app_public.job_runs, first_write boolean) returns setof jsonb
+language sql immutable
+set search_path to pg_catalog, public, pg_temp
+as $$
+  select app_private.job_run_event('started', r.started_at, r) where first_write and r.outcome <> 'skipped'
+  union all
+  select app_private.job_run_event(case r.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else r.outcome end,
+                                   coalesce(r.finished_at, now()), r)
+  where r.outcome <> 'running';
+$$;
+comment on function app_private.job_run_events(app_public.job_runs, boolean) is E'The job events of a history row being written (first_write) or completed. The history writers publish them in the statement that writes a batch (src/worker/history.ts), so the hot path needs no trigger.';
+
+-- Crash recovery's abandoned marks (the only other writer of run outcomes).
+create function app_private.tg_job_runs__abandoned_events() returns trigger
 language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
-declare
-  v_count bigint;
 begin
-  if not app_private.job_events_wanted() then
-    return null;
+  if app_private.job_events_wanted() then
+    perform app_private.publish_job_events(jsonb_build_array(app_private.job_run_event('abandoned', coalesce(new.finished_at, now()), new)));
   end if;
-  v_count := (select count(*) from new_rows);
-  if v_count > 10000 then
-    perform app_private.publish_job_events_overflow(v_count);
-    return null;
-  end if;
-  perform app_private.publish_job_events(jsonb_agg(e order by n.started_at))
-  from new_rows n,
-  lateral (
-    select app_private.job_run_event('started', n.started_at, n) as e where n.outcome <> 'skipped'
-    union all
-    select app_private.job_run_event(case n.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else n.outcome end,
-                                     n.finished_at, n)
-    where n.outcome <> 'running'
-  ) ev
-  having count(*) > 0;
   return null;
 end;
 $$;
-
-create function app_private.tg_job_runs__update_events() returns trigger
-language plpgsql volatile
-set search_path to pg_catalog, public, pg_temp
-as $$
-declare
-  v_count bigint;
-begin
-  if not app_private.job_events_wanted() then
-    return null;
-  end if;
-  v_count := (select count(*) from new_rows);
-  if v_count > 10000 then
-    perform app_private.publish_job_events_overflow(v_count);
-    return null;
-  end if;
-  perform app_private.publish_job_events(jsonb_agg(app_private.job_run_event(
-      case n.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else n.outcome end,
-      coalesce(n.finished_at, now()), n) order by n.started_at))
-  from new_rows n join old_rows o on o.id = n.id
-  where o.outcome = 'running' and n.outcome <> 'running'
-  having count(*) > 0;
-  return null;
-end;
-$$;
-
-create trigger _910_events_insert after insert on app_public.job_runs
-  referencing new table as new_rows
-  for each statement execute function app_private.tg_job_runs__insert_events();
-create trigger _910_events_update after update on app_public.job_runs
-  referencing old table as old_rows new table as new_rows
-  for each statement execute function app_private.tg_job_runs__update_events();
+create trigger _910_events_abandoned after update of outcome on app_public.job_runs
+  for each row when (old.outcome = 'running' and new.outcome = 'abandoned')
+  execute function app_private.tg_job_runs__abandoned_events();
 
 create function app_private.tg_jobs__enqueued_events() returns trigger
 language plpgsql volatile
@@ -426,10 +395,10 @@ begin
     return null;
   end if;
   perform app_private.publish_job_events(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
-      'kind', 'enqueued', 'at', n.created_at, 'jobId', n.id::text, 'taskIdentifier', t.identifier,
+      'kind', 'enqueued', 'at', n.created_at, 'jobId', n.id::text, 'taskIdentifier', t.task_identifier,
       'jobKey', n.key, 'runAt', n.run_at,
       'scheduleId', case when starts_with(n.key, 'cron:') then substr(n.key, 6) end)) order by n.id))
-  from new_jobs n join graphile_worker._private_tasks t on t.id = n.task_id
+  from new_jobs n join graphile_worker.jobs t on t.id = n.id
   having count(*) > 0;
   return null;
 end;

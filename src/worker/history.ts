@@ -62,7 +62,9 @@ const VALUES = `(r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, r->>4, (r->>5)::in
 // The metrics (app_private.job_metrics, for /metrics) and the activity rollups (per minute and
 // hour, for jobActivity and jobStats) are added from the rows this statement actually wrote, so a
 // retried batch, or a completion the database ignores (crash recovery marked the run abandoned
-// meanwhile), is never counted twice. Abandoned runs are counted by a trigger.
+// meanwhile), is never counted twice. Abandoned runs are counted by a trigger. The same statement
+// publishes the batch's job events (NOTIFY hourglass:job_events, for jobEvents subscriptions) while
+// someone watches: the rows it wrote, so a completion the database ignored publishes nothing.
 const bucketCounts = (value: string, bounds: readonly number[]) =>
   `array[${bounds.map((b) => `count(*) filter (where ${value} <= ${b})`).join(", ")}]::bigint[]`;
 const addArrays = (column: string) => `array(select a + b from unnest(m.${column}, excluded.${column}) u(a, b))`;
@@ -77,7 +79,7 @@ const WRITE = `
 with fresh as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($1::jsonb) r
-  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at
+  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at, job_runs as r
 ), completed as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($2::jsonb) r
@@ -85,11 +87,12 @@ with fresh as (
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, outcome = excluded.outcome,
     error = excluded.error, result = excluded.result
   where job_runs.outcome = 'running'
-  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at
+  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at, job_runs as r
 ), done as (
   select task_identifier as t, outcome as o, duration_ms as d, finished_at as f,
          greatest(0, extract(epoch from started_at - run_at) * 1000) as l
-  from (select * from fresh union all select * from completed) w
+  from (select task_identifier, outcome, duration_ms, started_at, run_at, finished_at from fresh
+        union all select task_identifier, outcome, duration_ms, started_at, run_at, finished_at from completed) w
   where outcome not in ('running', 'abandoned')
 ), totals as (
   select t, o, count(*) as runs, coalesce(sum(d), 0) as d_sum, ${bucketCounts("d", DURATION_BUCKETS_MS)} as d_buckets,
@@ -112,8 +115,14 @@ with fresh as (
 ), hours as (
   ${addToRollup("app_private.job_runs_per_hour", `select date_trunc('hour', b), t, o, $4::smallint, sum(runs), sum(d_sum), max(d_max)
     from per_minute group by 1, 2, 3`)}
+), events as (
+  select app_private.publish_job_events(jsonb_agg(e))
+  from (select e from fresh, app_private.job_run_events(fresh.r, true) e
+        union all select e from completed, app_private.job_run_events(completed.r, false) e) x
+  where app_private.job_events_wanted()
+  having count(*) > 0
 )
-select 1`;
+select (select count(*) from events)`;
 
 function row(r: RunRecord): unknown[] {
   return [

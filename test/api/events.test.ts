@@ -5,7 +5,9 @@
 // subscription ends once its session is gone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createClient, type Client } from "graphql-ws";
+import { randomUUID } from "node:crypto";
 import pg from "pg";
+import { HistoryWriter } from "../../src/worker/history.ts";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
@@ -248,9 +250,15 @@ describe("jobEvents", () => {
       c.release();
     }
     expect(await sub.next((e) => e.kind === "schedule_paused")).toMatchObject({ scheduleId: "t_events_minutely", taskIdentifier: "t_events", reason: "deploying" });
-    // A paused tick, as the worker records it: skipped, with the entry's key.
-    await db.pool.query(`insert into app_public.job_runs (id, job_id, task_identifier, attempt, max_attempts, worker_id, started_at, finished_at, outcome, job_key)
-      values (gen_random_uuid(), 0, 't_events', 0, 1, 'w', now(), now(), 'skipped', 'cron:t_events_minutely')`);
+    // A paused tick, as a worker records it (through its history writer): skipped, with the entry's key.
+    const history = new HistoryWriter(db.pool, { flushDelayMs: 5, log: testLog });
+    const id = randomUUID();
+    history.start({
+      id, jobId: "77", task: "t_events", queueName: null, jobKey: "cron:t_events_minutely", attempt: 1, maxAttempts: 1,
+      payload: {}, workerId: "test:events", runAt: Date.now(), startedAt: Date.now(), durationMs: null, outcome: "running", error: null, result: null,
+    });
+    history.finish(id, "skipped", null, { skipped: "schedule t_events_minutely is paused" });
+    await history.close();
     expect(await sub.next((e) => e.kind === "skipped")).toMatchObject({ scheduleId: "t_events_minutely" });
     expect(sub.events.filter((e) => e.jobKey === "cron:t_events_minutely").map((e) => e.kind)).toEqual(["skipped"]);
   });

@@ -368,7 +368,7 @@ async function asAdmin<T>(pool: pg.Pool, visitor: string, sessionId: string, fn:
 }
 
 /** The API in its own process, started as deployed (NODE_ENV=production); resolves with its URL. */
-function spawnApi(db: BenchDb, password: string): Promise<{ url: string; stop(): Promise<unknown> }> {
+export function spawnApi(db: BenchDb, password: string): Promise<{ url: string; stop(): Promise<unknown> }> {
   return new Promise((resolve, reject) => {
     const child = spawn(NODE, [import.meta.filename], {
       cwd: ROOT,

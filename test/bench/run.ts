@@ -14,7 +14,7 @@
 //
 // Environment: BENCH_DATABASE_URL (superuser; default: an embedded server in a temp directory),
 // BENCH_JOBS (default 50000), BENCH_ROUNDS (default 7), BENCH_START_ROUNDS (default 3),
-// BENCH_OFFERS_ROUNDS (default 3), BENCH_SECTIONS (default 1,2,3,4,5,6,7,8: which sections to run;
+// BENCH_OFFERS_ROUNDS (default 3), BENCH_SECTIONS (default 1,2,3,4,5,6,7,8,9: which sections to run;
 // the results file keeps the others from earlier runs).
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -38,6 +38,7 @@ import { bulkCosts, expiryLateness, type BenchHelpers, type Lateness, type Laten
 import { webhookBench, type WebhookFigures } from "./webhooks.ts";
 import * as controlPlane from "./control.ts";
 import type { ControlFigures, Latency } from "./control.ts";
+import { eventLatency, EVENTS_PER_SECOND, EVENTS_SECONDS } from "./events.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const JOBS = Number(process.env.BENCH_JOBS ?? 50_000);
@@ -144,27 +145,55 @@ async function throughput(serverUrl: string) {
   const pool = createPool(url, { max: 2, name: "bench" }, log);
   const bareRates: number[] = [];
   const hgRates: number[] = [];
+  const watchedRates: number[] = [];
   const services = await createServices(defaults, log);
   try {
     // Each round leaves a table of dead job rows behind; without a vacuum in between (this
     // machine's server runs with autovacuum off) every round would start slower than the last.
     const settle = () => pool.query("vacuum analyze");
     for (let i = 0; i < ROUNDS; i++) {
-      // Alternate which side goes first, so drift in the machine's load falls on both alike.
-      const sides = [() => bare(url, pool).then((r) => bareRates.push(r)), () => hourglass(url, pool, services).then((r) => hgRates.push(r))];
-      if (i % 2) sides.reverse();
-      for (const side of sides) {
+      // Rotate which side goes first, so drift in the machine's load falls on all alike.
+      const sides = [
+        () => bare(url, pool).then((r) => bareRates.push(r)),
+        () => hourglass(url, pool, services).then((r) => hgRates.push(r)),
+        () => watched(url, pool, services).then((r) => watchedRates.push(r)),
+      ];
+      for (const side of [...sides.slice(i % 3), ...sides.slice(0, i % 3)]) {
         await settle();
         await side();
       }
-      console.log(`  round ${i + 1}: bare ${bareRates.at(-1)!.toFixed(0)} jobs/s, hourglass ${hgRates.at(-1)!.toFixed(0)} jobs/s`);
+      console.log(
+        `  round ${i + 1}: bare ${bareRates.at(-1)!.toFixed(0)} jobs/s, hourglass ${hgRates.at(-1)!.toFixed(0)} jobs/s, ` +
+          `hourglass watched ${watchedRates.at(-1)!.toFixed(0)} jobs/s`,
+      );
     }
   } finally {
     services.close();
     await pool.end();
     await dropBenchDatabase(serverUrl, name, roles);
   }
-  return { bareRates, hgRates };
+  return { bareRates, hgRates, watchedRates };
+}
+
+/**
+ * The Hourglass side while someone watches job events (a LISTEN connection, registered as the
+ * API registers its subscriptions): every run's started and end events are published.
+ */
+async function watched(url: string, pool: pg.Pool, services: Services): Promise<number> {
+  const listener = new pg.Client({ connectionString: url });
+  await listener.connect();
+  let notifications = 0;
+  listener.on("notification", () => notifications++);
+  try {
+    await listener.query('listen "hourglass:job_events"');
+    await pool.query("select app_private.watch_job_events(interval '1 hour')");
+    const rate = await hourglass(url, pool, services);
+    if (notifications === 0) throw new Error("the watched side published no events");
+    return rate;
+  } finally {
+    await pool.query("delete from app_private.job_event_listeners");
+    await listener.end();
+  }
 }
 
 function startToReady(dataDir: string, port: number): Promise<number> {
@@ -347,7 +376,7 @@ async function emailRates(serverUrl: string): Promise<number[]> {
   return rates;
 }
 
-const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2,3,4,5,6,7,8").split(",").map((x) => x.trim()));
+const SECTIONS = new Set((process.env.BENCH_SECTIONS ?? "1,2,3,4,5,6,7,8,9").split(",").map((x) => x.trim()));
 const OFFERS_ROUNDS = Number(process.env.BENCH_OFFERS_ROUNDS ?? 3);
 
 async function main() {
@@ -376,6 +405,7 @@ async function main() {
   let bulk;
   let hooks: WebhookFigures | undefined;
   let control: ControlFigures | undefined;
+  let events: Lateness | undefined;
   try {
     if (SECTIONS.has("1")) {
       console.log(`1. no-op throughput, ${JOBS} jobs per round, ${ROUNDS} rounds (PostgreSQL ${pgVersion}, ${server})`);
@@ -402,6 +432,11 @@ async function main() {
     if (SECTIONS.has("8")) {
       console.log(`8. control plane: admin queries alone and at ${controlPlane.CLIENTS} concurrent clients over 1,000,000 history rows; recovery after SIGKILL`);
       control = await controlPlane.controlBench(serverUrl, helpers, [{ deadAfterMs: 3000, rounds: 5 }, { deadAfterMs: defaults.worker.deadAfterMs, rounds: 3 }]);
+    }
+    if (SECTIONS.has("9")) {
+      console.log(`9. live events: commit to jobEvents subscriber at ${EVENTS_PER_SECOND} jobs/s for ${EVENTS_SECONDS} s`);
+      events = await eventLatency(serverUrl, helpers);
+      console.log(`  latency p50 ${events.p50} ms, p99 ${events.p99} ms, max ${events.max} ms`);
     }
   } finally {
     await stop();
@@ -433,7 +468,7 @@ async function main() {
       "## 1. No-op job throughput: Hourglass wrapper with job history vs bare graphile-worker",
       "",
       `Same database, same settings (Hourglass defaults: concurrency ${defaults.worker.concurrency}, local queue ${defaults.worker.localQueueSize},`,
-      "completion/failure batching 0 ms); each round runs both sides, in alternating order, after a VACUUM.",
+      "completion/failure batching 0 ms); each round runs every side, in rotating order, after a VACUUM.",
       "Timed from worker start (email templates compiled beforehand, a one-off start-up cost) until the queue is empty and,",
       "for Hourglass, every run is written to `app_public.job_runs`.",
       "",
@@ -443,6 +478,11 @@ async function main() {
       `| Hourglass (wrapper + history) | ${median(t.hgRates).toFixed(0)} | ${range(t.hgRates)} |`,
       `| ratio of medians | ${(ratio * 100).toFixed(1)}% | goal ≥ 80% |`,
       `| median of per-round ratios | ${(median(pairRatios) * 100).toFixed(1)}% | ${range(pairRatios.map((x) => x * 100), 1)}% |`,
+      `| Hourglass while job events are watched | ${median(t.watchedRates).toFixed(0)} | ${range(t.watchedRates)} |`,
+      `| watched / unwatched, median of per-round ratios | ${(median(t.watchedRates.map((w, i) => w / t.hgRates[i]!)) * 100).toFixed(1)}% | |`,
+      "",
+      "Job events (the dashboard's live updates, \`jobEvents\`) are published only while someone watches; the third row has a",
+      "LISTEN connection registered with \`app_private.watch_job_events()\`, so every run's started and end events are sent.",
       "",
     );
   }
@@ -638,6 +678,21 @@ async function main() {
     for (const [name, plan] of control.plans) {
       lines.push(`Plan of "${name}" in SQL, as the visitor with the admin's session, after the timed requests:`, "", "```", ...plan, "```", "");
     }
+  }
+  if (events) {
+    lines.push(
+      "## 9. Live events",
+      "",
+      `One job enqueued every ${1000 / EVENTS_PER_SECOND} ms (${EVENTS_PER_SECOND}/s) for ${EVENTS_SECONDS} s, each with \`graphile_worker.add_job\` in its own`,
+      "transaction; an admin's `jobEvents(keyPrefix:)` subscription over graphql-ws to an API in a process of its own",
+      "(NODE_ENV=production). Latency = arrival of the `enqueued` event at the client − the add_job's commit",
+      "acknowledged to the bench (so a slightly negative value is possible: the event can overtake the acknowledgement).",
+      "",
+      "| commit to subscriber | events | p50 ms | p99 ms | max ms | goal |",
+      "|---|---:|---:|---:|---:|---|",
+      `| | ${events.n} | ${events.p50} | ${events.p99} | ${events.max} | within 1 s |`,
+      "",
+    );
   }
   const fresh = splitSections(lines.join("\n"), runLine);
   const file = path.join(ROOT, "BENCHMARKS.md");
