@@ -1,5 +1,5 @@
 --! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
---! Hash: sha1:975ba90a640cce2e394c3f5096f4ba9da9763ed2
+--! Hash: sha1:69520952d0b1308cd8600725887c655c4cf4392e
 --! Message: live job events (NOTIFY) and activity rollups
 
 -- Live job events and activity rollups, for the dashboard and any client.
@@ -42,7 +42,7 @@ drop trigger if exists _910_events_abandoned on app_public.job_runs;
 drop trigger if exists _910_hourglass_events on graphile_worker._private_jobs;
 drop function if exists app_private.tg_schedules__events();
 drop function if exists app_private.tg_job_runs__abandoned_events();
-drop function if exists app_private.job_run_events(app_public.job_runs, boolean);
+drop function if exists app_private.job_run_events(uuid, bigint, text, text, integer, text, timestamptz, timestamptz, boolean);
 drop function if exists app_private.tg_jobs__enqueued_events();
 drop function if exists app_private.publish_job_events(jsonb);
 drop function if exists app_private.job_events_wanted();
@@ -51,7 +51,7 @@ drop function if exists app_hidden.touch_job_event_listener(text, interval);
 drop function if exists app_hidden.drop_job_event_listener(text);
 drop table if exists app_private.job_event_listeners;
 drop function if exists app_private.publish_job_events_overflow(bigint);
-drop function if exists app_private.job_run_event(text, timestamptz, app_public.job_runs);
+drop function if exists app_private.job_run_event(text, timestamptz, uuid, bigint, text, text, integer, text);
 drop function if exists app_private.add_to_job_rollups(text, text, timestamptz, double precision);
 drop function if exists app_private.rebuild_job_rollups();
 drop table if exists app_private.job_runs_per_minute;
@@ -338,30 +338,35 @@ as $$
   select pg_notify('hourglass:job_events', jsonb_build_array(jsonb_build_object('kind', 'overflow', 'at', now(), 'count', count))::text);
 $$;
 
-create function app_private.job_run_event(kind text, at timestamptz, r app_public.job_runs) returns jsonb
+create function app_private.job_run_event(kind text, at timestamptz, run_id uuid, job_id bigint, task_identifier text,
+                                          job_key text, attempt integer, outcome text) returns jsonb
 language sql immutable
 set search_path to pg_catalog, public, pg_temp
 as $$
   select jsonb_strip_nulls(jsonb_build_object(
-    'kind', kind, 'at', at, 'jobId', r.job_id::text, 'runId', r.id, 'taskIdentifier', r.task_identifier,
-    'jobKey', r.job_key, 'attempt', r.attempt, 'outcome', case when kind <> 'started' then r.outcome end,
-    'scheduleId', case when starts_with(r.job_key, 'cron:') then substr(r.job_key, 6) end));
+    'kind', kind, 'at', at, 'jobId', job_id::text, 'runId', run_id, 'taskIdentifier', task_identifier,
+    'jobKey', job_key, 'attempt', attempt, 'outcome', case when kind <> 'started' then outcome end,
+    'scheduleId', case when starts_with(job_key, 'cron:') then substr(job_key, 6) end));
 $$;
 
 -- A run's events: when its history row is first written, started (unless a paused tick's skip)
 -- and, when it was written finished (a run shorter than a flush of the history writer is written
--- once, at its end), its end too; when a running row is completed, its end.
-create function app_private.job_run_events(r app_public.job_runs, first_write boolean) returns setof jsonb
+-- once, at its end), its end too; when a running row is completed, its end. Scalars rather than
+-- the row: the history writer passes what its statement returns, without building whole rows.
+create function app_private.job_run_events(run_id uuid, job_id bigint, task_identifier text, job_key text, attempt integer,
+                                           outcome text, started_at timestamptz, finished_at timestamptz,
+                                           first_write boolean) returns setof jsonb
 language sql immutable
 set search_path to pg_catalog, public, pg_temp
 as $$
-  select app_private.job_run_event('started', r.started_at, r) where first_write and r.outcome <> 'skipped'
+  select app_private.job_run_event('started', started_at, run_id, job_id, task_identifier, job_key, attempt, outcome)
+  where first_write and outcome <> 'skipped'
   union all
-  select app_private.job_run_event(case r.outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else r.outcome end,
-                                   coalesce(r.finished_at, now()), r)
-  where r.outcome <> 'running';
+  select app_private.job_run_event(case outcome when 'failed_retrying' then 'failed' when 'failed_permanently' then 'failed' else outcome end,
+                                   coalesce(finished_at, now()), run_id, job_id, task_identifier, job_key, attempt, outcome)
+  where outcome <> 'running';
 $$;
-comment on function app_private.job_run_events(app_public.job_runs, boolean) is E'The job events of a history row being written (first_write) or completed. The history writers publish them in the statement that writes a batch (src/worker/history.ts), so the hot path needs no trigger.';
+comment on function app_private.job_run_events(uuid, bigint, text, text, integer, text, timestamptz, timestamptz, boolean) is E'The job events of a history row being written (first_write) or completed. The history writers publish them in the statement that writes a batch (src/worker/history.ts), so the hot path needs no trigger.';
 
 -- Crash recovery's abandoned marks (the only other writer of run outcomes).
 create function app_private.tg_job_runs__abandoned_events() returns trigger
@@ -370,7 +375,8 @@ set search_path to pg_catalog, public, pg_temp
 as $$
 begin
   if app_private.job_events_wanted() then
-    perform app_private.publish_job_events(jsonb_build_array(app_private.job_run_event('abandoned', coalesce(new.finished_at, now()), new)));
+    perform app_private.publish_job_events(jsonb_build_array(app_private.job_run_event('abandoned', coalesce(new.finished_at, now()),
+      new.id, new.job_id, new.task_identifier, new.job_key, new.attempt, new.outcome)));
   end if;
   return null;
 end;

@@ -79,7 +79,7 @@ const WRITE = `
 with fresh as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($1::jsonb) r
-  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at, job_runs as r
+  returning id, job_id, job_key, attempt, task_identifier, outcome, duration_ms, started_at, run_at, finished_at
 ), completed as (
   insert into app_public.job_runs (${COLUMNS})
   select ${VALUES} from jsonb_array_elements($2::jsonb) r
@@ -87,7 +87,7 @@ with fresh as (
     finished_at = excluded.finished_at, duration_ms = excluded.duration_ms, outcome = excluded.outcome,
     error = excluded.error, result = excluded.result
   where job_runs.outcome = 'running'
-  returning task_identifier, outcome, duration_ms, started_at, run_at, finished_at, job_runs as r
+  returning id, job_id, job_key, attempt, task_identifier, outcome, duration_ms, started_at, run_at, finished_at
 ), done as (
   select task_identifier as t, outcome as o, duration_ms as d, finished_at as f,
          greatest(0, extract(epoch from started_at - run_at) * 1000) as l
@@ -117,8 +117,11 @@ with fresh as (
     from per_minute group by 1, 2, 3`)}
 ), events as (
   select app_private.publish_job_events(jsonb_agg(e))
-  from (select e from fresh, app_private.job_run_events(fresh.r, true) e
-        union all select e from completed, app_private.job_run_events(completed.r, false) e) x
+  from (select e from fresh f, app_private.job_run_events(f.id, f.job_id, f.task_identifier, f.job_key, f.attempt, f.outcome,
+                                                         f.started_at, f.finished_at, true) e
+        union all
+        select e from completed c, app_private.job_run_events(c.id, c.job_id, c.task_identifier, c.job_key, c.attempt, c.outcome,
+                                                              c.started_at, c.finished_at, false) e) x
   where app_private.job_events_wanted()
   having count(*) > 0
 )
