@@ -1,5 +1,5 @@
 --! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
---! Hash: sha1:69520952d0b1308cd8600725887c655c4cf4392e
+--! Hash: sha1:57b64bec7ae9b0a5e69058c11381260017ab4856
 --! Message: live job events (NOTIFY) and activity rollups
 
 -- Live job events and activity rollups, for the dashboard and any client.
@@ -38,6 +38,8 @@ drop type if exists app_public.job_activity_bucket;
 drop function if exists app_public.job_stats(timestamptz);
 drop type if exists app_public.job_stat;
 drop trigger if exists _910_events on app_public.schedules;
+drop trigger if exists _910_events on app_public.admin_actions;
+drop function if exists app_private.tg_admin_actions__events();
 drop trigger if exists _910_events_abandoned on app_public.job_runs;
 drop trigger if exists _910_hourglass_events on graphile_worker._private_jobs;
 drop function if exists app_private.tg_schedules__events();
@@ -72,10 +74,10 @@ create table app_private.job_runs_per_minute (
   duration_max_ms double precision not null default 0,
   primary key (bucket, task_identifier, outcome, shard)
 );
-comment on table app_private.job_runs_per_minute is E'Finished job runs per minute of their end, task and outcome (running excluded), added by the history writers and by crash recovery. Kept two days.';
+comment on table app_private.job_runs_per_minute is E'Finished job runs per minute (UTC) of their end, task and outcome (running excluded), added by the history writers and by crash recovery. Kept two days.';
 
 create table app_private.job_runs_per_hour (like app_private.job_runs_per_minute including all);
-comment on table app_private.job_runs_per_hour is E'Finished job runs per hour of their end, task and outcome, added with the per-minute rows. Kept as long as the history.';
+comment on table app_private.job_runs_per_hour is E'Finished job runs per hour (UTC) of their end, task and outcome, added with the per-minute rows. Kept as long as the history.';
 
 -- Rebuilt from the history: at install (the history already there) and by a DBA after loading
 -- history rows by hand (the rollups count only what the history writers and triggers add).
@@ -86,13 +88,13 @@ as $$
   delete from app_private.job_runs_per_minute;
   delete from app_private.job_runs_per_hour;
   insert into app_private.job_runs_per_minute (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
-  select date_trunc('minute', r.finished_at), r.task_identifier, r.outcome, 0, count(*),
+  select date_trunc('minute', r.finished_at, 'UTC'), r.task_identifier, r.outcome, 0, count(*),
          coalesce(sum(r.duration_ms), 0), coalesce(max(r.duration_ms), 0)
   from app_public.job_runs r
   where r.outcome <> 'running' and r.finished_at >= now() - interval '2 days'
   group by 1, 2, 3;
   insert into app_private.job_runs_per_hour (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
-  select date_trunc('hour', r.finished_at), r.task_identifier, r.outcome, 0, count(*),
+  select date_trunc('hour', r.finished_at, 'UTC'), r.task_identifier, r.outcome, 0, count(*),
          coalesce(sum(r.duration_ms), 0), coalesce(max(r.duration_ms), 0)
   from app_public.job_runs r
   where r.outcome <> 'running' and r.finished_at is not null
@@ -108,13 +110,13 @@ language sql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
   insert into app_private.job_runs_per_minute as m (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
-  values (date_trunc('minute', finished_at), task_identifier, outcome, floor(random() * 8)::smallint, 1,
+  values (date_trunc('minute', finished_at, 'UTC'), task_identifier, outcome, floor(random() * 8)::smallint, 1,
           coalesce(duration_ms, 0), coalesce(duration_ms, 0))
   on conflict (bucket, task_identifier, outcome, shard) do update set
     runs = m.runs + 1, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
     duration_max_ms = greatest(m.duration_max_ms, excluded.duration_max_ms);
   insert into app_private.job_runs_per_hour as m (bucket, task_identifier, outcome, shard, runs, duration_sum_ms, duration_max_ms)
-  values (date_trunc('hour', finished_at), task_identifier, outcome, floor(random() * 8)::smallint, 1,
+  values (date_trunc('hour', finished_at, 'UTC'), task_identifier, outcome, floor(random() * 8)::smallint, 1,
           coalesce(duration_ms, 0), coalesce(duration_ms, 0))
   on conflict (bucket, task_identifier, outcome, shard) do update set
     runs = m.runs + 1, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
@@ -169,7 +171,7 @@ create type app_public.job_activity_bucket as (
   avg_duration_ms double precision,
   max_duration_ms double precision
 );
-comment on type app_public.job_activity_bucket is E'Finished job runs in one minute or hour (by when they ended). failures: failed (retrying or permanently), timed out or abandoned.';
+comment on type app_public.job_activity_bucket is E'Finished job runs in one minute or hour (UTC, by when they ended). runs counts every outcome, skipped ticks of paused schedules included; failures: failed (retrying or permanently), timed out or abandoned.';
 comment on column app_public.job_activity_bucket.bucket is E'@notNull\nThe start of the minute or hour.';
 comment on column app_public.job_activity_bucket.runs is E'@notNull';
 comment on column app_public.job_activity_bucket.succeeded is E'@notNull';
@@ -191,15 +193,15 @@ begin
   end case;
   return query
   with buckets as (
-    select date_trunc(resolution, now()) - v_width * g as bucket from generate_series(v_count - 1, 0, -1) g
+    select date_trunc(resolution, now(), 'UTC') - v_width * g as bucket from generate_series(v_count - 1, 0, -1) g
   ), rows as (
     select m.bucket, m.outcome, m.runs, m.duration_sum_ms, m.duration_max_ms
     from app_private.job_runs_per_minute m
-    where resolution = 'minute' and m.bucket >= date_trunc('minute', now()) - v_width * (v_count - 1)
+    where resolution = 'minute' and m.bucket >= date_trunc('minute', now(), 'UTC') - v_width * (v_count - 1)
     union all
     select h.bucket, h.outcome, h.runs, h.duration_sum_ms, h.duration_max_ms
     from app_private.job_runs_per_hour h
-    where resolution = 'hour' and h.bucket >= date_trunc('hour', now()) - v_width * (v_count - 1)
+    where resolution = 'hour' and h.bucket >= date_trunc('hour', now(), 'UTC') - v_width * (v_count - 1)
   )
   select b.bucket,
          coalesce(sum(r.runs), 0)::bigint,
@@ -231,12 +233,12 @@ language plpgsql stable security definer
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_since timestamptz := date_trunc('minute', since);
+  v_since timestamptz := date_trunc('minute', since, 'UTC');
   -- Whole hours from the hourly rows, the part-hour before them from the minute rows (kept two
   -- days; older windows start at the hour).
   v_first_hour timestamptz := case when since > now() - interval '2 days'
-                                   then date_trunc('hour', v_since + interval '59 minutes 59.999999 seconds')
-                                   else date_trunc('hour', v_since) end;
+                                   then date_trunc('hour', v_since + interval '59 minutes 59.999999 seconds', 'UTC')
+                                   else date_trunc('hour', v_since, 'UTC') end;
 begin
   perform app_hidden.require_admin();
   if since is null then
@@ -316,11 +318,12 @@ create function app_private.publish_job_events(events jsonb) returns void
 language sql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
-  -- Chunks of about 6,000 bytes of events: with the last event (at most ~1 kB: keys are at most
-  -- 512 characters) and the separators a chunk stays under NOTIFY's 8,000-byte limit.
+  -- A notification takes the events that start within its first 4,000 bytes: with the last of
+  -- them (an event is at most about 3.5 kB: a 512-character key is at most 2 kB of UTF-8, 3 kB
+  -- escaped) and the separators it stays under NOTIFY's 8,000-byte limit.
   select pg_notify('hourglass:job_events', jsonb_agg(c.e order by c.i)::text)
   from (
-    select x.e, x.i, sum(octet_length(x.e::text)) over (order by x.i) / 6000 as chunk
+    select x.e, x.i, (sum(octet_length(x.e::text)) over (order by x.i) - octet_length(x.e::text)) / 4000 as chunk
     from jsonb_array_elements(events) with ordinality x(e, i)
   ) c
   group by c.chunk;
@@ -340,13 +343,11 @@ $$;
 
 create function app_private.job_run_event(kind text, at timestamptz, run_id uuid, job_id bigint, task_identifier text,
                                           job_key text, attempt integer, outcome text) returns jsonb
-language sql immutable
-set search_path to pg_catalog, public, pg_temp
+language sql stable
 as $$
   select jsonb_strip_nulls(jsonb_build_object(
     'kind', kind, 'at', at, 'jobId', job_id::text, 'runId', run_id, 'taskIdentifier', task_identifier,
-    'jobKey', job_key, 'attempt', attempt, 'outcome', case when kind <> 'started' then outcome end,
-    'scheduleId', case when starts_with(job_key, 'cron:') then substr(job_key, 6) end));
+    'jobKey', job_key, 'attempt', attempt, 'outcome', case when kind <> 'started' then outcome end));
 $$;
 
 -- A run's events: when its history row is first written, started (unless a paused tick's skip)
@@ -356,8 +357,7 @@ $$;
 create function app_private.job_run_events(run_id uuid, job_id bigint, task_identifier text, job_key text, attempt integer,
                                            outcome text, started_at timestamptz, finished_at timestamptz,
                                            first_write boolean) returns setof jsonb
-language sql immutable
-set search_path to pg_catalog, public, pg_temp
+language sql stable
 as $$
   select app_private.job_run_event('started', started_at, run_id, job_id, task_identifier, job_key, attempt, outcome)
   where first_write and outcome <> 'skipped'
@@ -402,8 +402,7 @@ begin
   end if;
   perform app_private.publish_job_events(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
       'kind', 'enqueued', 'at', n.created_at, 'jobId', n.id::text, 'taskIdentifier', t.task_identifier,
-      'jobKey', n.key, 'runAt', n.run_at,
-      'scheduleId', case when starts_with(n.key, 'cron:') then substr(n.key, 6) end)) order by n.id))
+      'jobKey', n.key, 'runAt', n.run_at)) order by n.id))
   from new_jobs n join graphile_worker.jobs t on t.id = n.id
   having count(*) > 0;
   return null;
@@ -431,3 +430,22 @@ $$;
 create trigger _910_events after update of paused_at on app_public.schedules
   for each row when (old.paused_at is distinct from new.paused_at)
   execute function app_private.tg_schedules__events();
+
+-- Admins' actions (retry, cancel, reschedule, trigger, run now, pause, resume), from their audit
+-- rows: a job replaced or removed changes graphile-worker's jobs table without an insert, so
+-- without this a second admin's dashboard would not see a cancel or a reschedule.
+create function app_private.tg_admin_actions__events() returns trigger
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  if app_private.job_events_wanted() then
+    perform app_private.publish_job_events(jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+      'kind', 'admin_action', 'at', new.created_at, 'action', new.action, 'target', left(new.target, 200),
+      'reason', left(new.reason, 200)))));
+  end if;
+  return null;
+end;
+$$;
+create trigger _910_events after insert on app_public.admin_actions
+  for each row execute function app_private.tg_admin_actions__events();

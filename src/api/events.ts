@@ -1,10 +1,12 @@
 // Live job events for admins: `subscription { jobEvents(tasks, keyPrefix) { kind at ... } }` over
 // websockets (graphql-ws). Postgres publishes every event with NOTIFY on hourglass:job_events in
-// the transaction that causes it (a job enqueued by anything, a run started or ended, crash
-// recovery's abandoned marks, a schedule paused or resumed; migration 000022); a payload is a
-// JSON array of events. A statement that changes more than 10,000 jobs or runs publishes one
-// `overflow` event instead, which every subscription receives. PostGraphile's subscriber holds one LISTEN connection per API process;
-// each subscription filters what arrives by task and key prefix and yields events one by one.
+// the transaction that causes it (migration 000022): a job enqueued by anything (a trigger on
+// graphile-worker's jobs table), a run started or ended (the history writers, in the statement
+// that writes each batch), crash recovery's abandoned marks, a schedule paused or resumed, an
+// admin's audited action. A payload is a JSON array of events; a statement that changes more than
+// 10,000 jobs or runs publishes one `overflow` event instead, which every subscription receives.
+// PostGraphile's subscriber holds one LISTEN connection per API process; each subscription
+// filters what arrives by task and key prefix and yields events one by one.
 //
 // Postgres publishes events only while someone watches (they cost the writes a few microseconds
 // per job): while this process has live subscriptions it keeps a row in
@@ -13,8 +15,9 @@
 // Admins only, decided in SQL: app_hidden.require_admin() runs with the subscriber's own session
 // before the first event and again at most every recheckMs while events flow, so a subscription
 // ends (ADMIN) soon after its session expires, is logged out or loses admin rights. If the LISTEN
-// connection drops, PostGraphile ends every subscription with an error rather than silently
-// missing events; clients resubscribe (the dashboard does, with backoff) and re-read state.
+// connection drops, or the listener row cannot be refreshed before it expires, every subscription
+// ends with EVINT rather than silently missing events; clients resubscribe (the dashboard does,
+// with backoff) and re-read state.
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type pg from "pg";
@@ -35,6 +38,8 @@ export type JobEventKind =
   | "abandoned"
   | "schedule_paused"
   | "schedule_resumed"
+  /** An admin's audited action (retry, cancel, reschedule, trigger, run now, pause, resume). */
+  | "admin_action"
   /** A statement changed more than 10,000 jobs or runs: one event instead (re-read state). */
   | "overflow";
 
@@ -51,8 +56,11 @@ export interface JobEvent {
   runAt?: string;
   scheduleId?: string;
   reason?: string;
-  /** Of overflow: how many jobs or runs the statement changed. */
+  /** Of overflow: how many jobs, runs or events. */
   count?: number;
+  /** Of admin_action: what an admin did (retry_job, cancel_job, ...) and to what. */
+  action?: string;
+  target?: string;
 }
 
 export interface JobEventFilter {
@@ -74,7 +82,12 @@ export function parseEvents(payload: unknown): JobEvent[] {
   if (typeof payload !== "string") return [];
   try {
     const parsed: unknown = JSON.parse(payload);
-    return Array.isArray(parsed) ? parsed.filter((e): e is JobEvent => typeof e === "object" && e !== null && typeof e.kind === "string") : [];
+    if (!Array.isArray(parsed)) return [];
+    const events = parsed.filter((e): e is JobEvent => typeof e === "object" && e !== null && typeof e.kind === "string");
+    // A crontab entry's jobs carry its id in their key (cron:<id>); Postgres leaves it out of the
+    // event to keep notifications small.
+    for (const e of events) if (e.scheduleId === undefined && e.jobKey?.startsWith("cron:")) e.scheduleId = e.jobKey.slice(5);
+    return events;
   } catch {
     return [];
   }
@@ -109,6 +122,9 @@ export class JobEventListeners {
   #live = 0;
   #timer: NodeJS.Timeout | null = null;
   #chain: Promise<void> = Promise.resolve();
+  /** When the row was last written: once it may have expired, the live subscriptions are lost. */
+  #touchedAt = 0;
+  readonly #onLost = new Set<() => void>();
 
   constructor(pool: pg.Pool, log: Logger) {
     this.#pool = pool;
@@ -121,27 +137,47 @@ export class JobEventListeners {
     return next;
   }
 
-  #touch = () =>
-    this.#pool.query("select app_hidden.touch_job_event_listener($1, $2::interval)", [this.#id, `${JobEventListeners.TTL_MS} milliseconds`]).then(() => {});
+  async #touch() {
+    await this.#pool.query("select app_hidden.touch_job_event_listener($1, $2::interval)", [this.#id, `${JobEventListeners.TTL_MS} milliseconds`]);
+    this.#touchedAt = Date.now();
+  }
 
-  /** Starts publishing (if this is the first live subscription); returns its release. */
-  async acquire(): Promise<() => Promise<void>> {
+  #refresh = () => {
+    this.#queue(async () => {
+      if (this.#live > 0) await this.#touch();
+    }).catch((err: unknown) => {
+      // Postgres stops publishing when the row expires: rather than leave subscriptions open and
+      // silently missing events, end them (EVINT) before it can have (clients resubscribe).
+      const lost = Date.now() - this.#touchedAt > JobEventListeners.TTL_MS - JobEventListeners.REFRESH_MS - 5_000;
+      this.#log.warn("could not refresh the job event listener", { err, endingSubscriptions: lost ? this.#onLost.size : 0 });
+      if (!lost) return;
+      const callbacks = [...this.#onLost];
+      this.#onLost.clear();
+      for (const cb of callbacks) cb();
+    });
+  };
+
+  /**
+   * Starts publishing (if this is the first live subscription); returns its release. onLost is
+   * called if publishing may have stopped while the subscription is live.
+   */
+  async acquire(onLost: () => void): Promise<() => Promise<void>> {
     await this.#queue(async () => {
       if (this.#live === 0) {
         await this.#touch();
-        this.#timer = setInterval(() => {
-          this.#queue(this.#touch).catch((err: unknown) => this.#log.warn("could not refresh the job event listener", { err }));
-        }, JobEventListeners.REFRESH_MS);
+        this.#timer = setInterval(this.#refresh, JobEventListeners.REFRESH_MS);
         this.#timer.unref();
       }
       this.#live++;
     });
+    this.#onLost.add(onLost);
     let released = false;
     return () => {
       if (released) return Promise.resolve();
       released = true;
+      this.#onLost.delete(onLost);
       return this.#queue(async () => {
-        if (--this.#live > 0) return;
+        if (this.#live === 0 || --this.#live > 0) return;
         await this.#stop();
       }).catch((err: unknown) => this.#log.warn("could not drop the job event listener", { err }));
     };
@@ -163,18 +199,103 @@ export class JobEventListeners {
   }
 }
 
+
+/** One subscription's end of the hub: the notifications' payloads, in order. */
+interface Sink {
+  push(payload: unknown): void;
+  /** The stream was interrupted: nothing more will come. */
+  fail(): void;
+}
+
 /**
- * A subscriber for one subscription: authorises, then reads the shared channel and yields the
- * events that pass the filter (the topic it is given is the filter, as JSON).
+ * One PostGraphile subscriber iterator per process, fanned out to every subscription. Why not an
+ * iterator each: when the LISTEN connection drops, PgSubscriber (@dataplan/pg 1.1) ends its
+ * iterators while removing them from the array it is walking, so every other one is skipped and
+ * left open, silently missing events. With a single iterator here, every subscription is told.
+ */
+export class JobEventHub {
+  static #hubs = new WeakMap<object, JobEventHub>();
+  /** The hub of a subscriber (one per PostGraphile service). */
+  static of(source: GrafastSubscriber): JobEventHub {
+    let hub = JobEventHub.#hubs.get(source);
+    if (!hub) JobEventHub.#hubs.set(source, (hub = new JobEventHub(source)));
+    return hub;
+  }
+
+  readonly #source: GrafastSubscriber;
+  readonly #sinks = new Set<Sink>();
+  #inner: AsyncIterator<unknown> | null = null;
+  #starting: Promise<void> | null = null;
+
+  constructor(source: GrafastSubscriber) {
+    this.#source = source;
+  }
+
+  /** Adds a sink, listening first if no one is; throws if the listening fails. */
+  async add(sink: Sink): Promise<void> {
+    this.#sinks.add(sink);
+    try {
+      while (!this.#inner) await (this.#starting ??= this.#start());
+    } catch (err) {
+      this.#sinks.delete(sink);
+      throw err;
+    }
+  }
+
+  remove(sink: Sink): void {
+    this.#sinks.delete(sink);
+    if (this.#sinks.size > 0 || !this.#inner) return;
+    const inner = this.#inner;
+    this.#inner = null; // ended on purpose: its pump stops without failing anyone
+    void inner.return?.(undefined)?.catch(() => {});
+  }
+
+  async #start(): Promise<void> {
+    try {
+      const inner = (await this.#source.subscribe(JOB_EVENTS_CHANNEL)) as AsyncIterator<unknown>;
+      this.#inner = inner;
+      void this.#pump(inner);
+    } finally {
+      this.#starting = null;
+    }
+  }
+
+  async #pump(inner: AsyncIterator<unknown>): Promise<void> {
+    for (;;) {
+      let message: IteratorResult<unknown> | null;
+      try {
+        message = await inner.next();
+      } catch {
+        message = null;
+      }
+      if (this.#inner !== inner) return;
+      if (message === null || message.done) {
+        this.#inner = null;
+        const sinks = [...this.#sinks];
+        this.#sinks.clear();
+        for (const sink of sinks) sink.fail();
+        return;
+      }
+      for (const sink of [...this.#sinks]) sink.push(message.value);
+    }
+  }
+}
+
+const interrupted = () =>
+  new CodedError("EVINT", "The event stream was interrupted: subscribe again, and re-read what you show (events in between are not replayed).");
+
+/**
+ * A subscriber for one subscription: authorises, then takes the process's notifications from the
+ * hub and yields the events that pass the filter (the topic it is given is the filter, as JSON).
  */
 export class FilteredJobEvents {
-  readonly #source: GrafastSubscriber;
+  readonly #hub: JobEventHub;
   readonly #authorize: () => Promise<void>;
   readonly #listeners: JobEventListeners;
   readonly #recheckMs: number;
 
-  constructor(source: GrafastSubscriber, authorize: () => Promise<void>, listeners: JobEventListeners, recheckMs = 30_000) {
-    this.#source = source;
+  constructor(hub: JobEventHub, authorize: () => Promise<void>, listeners: JobEventListeners, recheckMs = 30_000) {
+    this.#hub = hub;
     this.#authorize = authorize;
     this.#listeners = listeners;
     this.#recheckMs = recheckMs;
@@ -183,21 +304,42 @@ export class FilteredJobEvents {
   async subscribe(topic: string): Promise<AsyncIterableIterator<JobEvent>> {
     const filter = JSON.parse(topic) as JobEventFilter;
     await this.#authorize();
-    const release = await this.#listeners.acquire();
-    let inner: AsyncIterator<unknown>;
+    // Notifications waiting to be read, and the reader waiting for one.
+    const payloads: unknown[] = [];
+    let state: "open" | "interrupted" | "ended" = "open";
+    let wake: (() => void) | null = null;
+    const notify = () => {
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    const sink: Sink = {
+      push(payload) {
+        payloads.push(payload);
+        notify();
+      },
+      fail() {
+        if (state === "open") state = "interrupted";
+        notify();
+      },
+    };
+    const release = await this.#listeners.acquire(() => sink.fail());
     try {
-      inner = await this.#source.subscribe(JOB_EVENTS_CHANNEL);
+      await this.#hub.add(sink);
     } catch (err) {
       await release();
       throw err;
     }
+    const hub = this.#hub;
     const authorize = this.#authorize;
     const recheckMs = this.#recheckMs;
     let checkedAt = Date.now();
     const ready: JobEvent[] = [];
     const finish = async () => {
+      if (state === "open") state = "ended";
+      hub.remove(sink);
+      notify();
       await release();
-      await inner.return?.(undefined);
     };
     const iterator: AsyncIterableIterator<JobEvent> = {
       [Symbol.asyncIterator]: () => iterator,
@@ -205,8 +347,16 @@ export class FilteredJobEvents {
         for (;;) {
           const event = ready.shift();
           if (event) return { done: false, value: event };
-          const message = await inner.next();
-          if (message.done) return { done: true, value: undefined };
+          if (payloads.length === 0) {
+            if (state === "interrupted") {
+              await finish();
+              throw interrupted();
+            }
+            if (state === "ended") return { done: true, value: undefined };
+            await new Promise<void>((resolve) => (wake = resolve));
+            continue;
+          }
+          const payload = payloads.shift();
           if (Date.now() - checkedAt >= recheckMs) {
             try {
               await authorize();
@@ -216,7 +366,7 @@ export class FilteredJobEvents {
             }
             checkedAt = Date.now();
           }
-          for (const e of parseEvents(message.value)) if (matchesFilter(e, filter)) ready.push(e);
+          for (const e of parseEvents(payload)) if (matchesFilter(e, filter)) ready.push(e);
         }
       },
       async return(): Promise<IteratorResult<JobEvent>> {
@@ -241,9 +391,9 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
       type JobEvent {
         """
         enqueued, started, succeeded, failed, timed_out, skipped (a paused schedule's tick), abandoned
-        (its worker died), schedule_paused or schedule_resumed; overflow when one statement changed
-        more than 10,000 jobs or runs (one event for all of them, sent whatever the filter: re-read
-        what you show).
+        (its worker died), schedule_paused, schedule_resumed, admin_action (an admin's audited
+        action: retry, cancel, reschedule, ...); overflow when one statement changed more than 10,000
+        jobs or runs (one event for all of them, sent whatever the filter: re-read what you show).
         """
         kind: String!
         "When it happened (for a run's end: when it finished)."
@@ -261,9 +411,13 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
         runAt: Datetime
         "The crontab entry, for its ticks (job key cron:<id>) and for schedule events."
         scheduleId: String
-        "Of schedule_paused: the reason given (first 200 characters)."
+        "Of schedule_paused and admin_action: the reason given (first 200 characters)."
         reason: String
-        "Of overflow: how many jobs or runs the statement changed."
+        "Of admin_action: what was done (retry_job, cancel_job, reschedule_job, trigger_task, run_schedule, pause_schedule, resume_schedule)."
+        action: String
+        "Of admin_action: to what (a job id, a schedule id, a task)."
+        target: String
+        "Of overflow: how many jobs, runs or events it stands for."
         count: Int
       }
 
@@ -294,7 +448,7 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
                     await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
                   };
                   // Its subscribe takes the filter (JSON) as the topic.
-                  return new FilteredJobEvents(subscriber, authorize, options.listeners, options.recheckMs) as unknown as GrafastSubscriber;
+                  return new FilteredJobEvents(JobEventHub.of(subscriber), authorize, options.listeners, options.recheckMs) as unknown as GrafastSubscriber;
                 },
               );
               return listen($events, $topic);

@@ -101,27 +101,31 @@ with fresh as (
 ), metrics as (
   insert into app_private.job_metrics as m (task_identifier, outcome, shard, runs, duration_sum_ms, duration_buckets,
                                             lateness_count, lateness_sum_ms, lateness_buckets)
-  select t, o, $4::smallint, runs, d_sum, d_buckets, l_count, l_sum, l_buckets from totals
+  select t, o, $4::smallint, runs, d_sum, d_buckets, l_count, l_sum, l_buckets from totals order by t, o
   on conflict (task_identifier, outcome, shard) do update set
     runs = m.runs + excluded.runs, duration_sum_ms = m.duration_sum_ms + excluded.duration_sum_ms,
     duration_buckets = ${addArrays("duration_buckets")},
     lateness_count = m.lateness_count + excluded.lateness_count, lateness_sum_ms = m.lateness_sum_ms + excluded.lateness_sum_ms,
     lateness_buckets = ${addArrays("lateness_buckets")}
 ), per_minute as (
-  select date_trunc('minute', f) as b, t, o, count(*) as runs, coalesce(sum(d), 0) as d_sum, coalesce(max(d), 0) as d_max
+  select date_trunc('minute', f, 'UTC') as b, t, o, count(*) as runs, coalesce(sum(d), 0) as d_sum, coalesce(max(d), 0) as d_max
   from done group by 1, 2, 3
 ), minutes as (
-  ${addToRollup("app_private.job_runs_per_minute", "select b, t, o, $4::smallint, runs, d_sum, d_max from per_minute")}
+  ${addToRollup("app_private.job_runs_per_minute", "select b, t, o, $4::smallint, runs, d_sum, d_max from per_minute order by b, t, o")}
 ), hours as (
-  ${addToRollup("app_private.job_runs_per_hour", `select date_trunc('hour', b), t, o, $4::smallint, sum(runs), sum(d_sum), max(d_max)
-    from per_minute group by 1, 2, 3`)}
+  ${addToRollup("app_private.job_runs_per_hour", `select date_trunc('hour', b, 'UTC'), t, o, $4::smallint, sum(runs), sum(d_sum), max(d_max)
+    from per_minute group by 1, 2, 3 order by 1, 2, 3`)}
 ), events as (
-  select app_private.publish_job_events(jsonb_agg(e))
+  -- A completion as abandoned (a forced stop) is published by the trigger that publishes crash
+  -- recovery's; a batch of more than 10,000 events (after an outage) as one overflow event.
+  select case when count(*) > 10000 then app_private.publish_job_events_overflow(count(*))
+              else app_private.publish_job_events(jsonb_agg(e)) end
   from (select e from fresh f, app_private.job_run_events(f.id, f.job_id, f.task_identifier, f.job_key, f.attempt, f.outcome,
                                                          f.started_at, f.finished_at, true) e
         union all
         select e from completed c, app_private.job_run_events(c.id, c.job_id, c.task_identifier, c.job_key, c.attempt, c.outcome,
-                                                              c.started_at, c.finished_at, false) e) x
+                                                              c.started_at, c.finished_at, false) e
+        where c.outcome <> 'abandoned') x
   where app_private.job_events_wanted()
   having count(*) > 0
 )
@@ -324,7 +328,4 @@ export class HistoryWriter {
     for (const r of records) (this.written.has(r.id) ? completed : fresh).push(row(r));
     await this.pool.query(WRITE, [JSON.stringify(fresh), JSON.stringify(completed), records[0]?.workerId ?? null, this.shard]);
   }
-
-
-
 }

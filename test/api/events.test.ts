@@ -12,7 +12,7 @@ import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
-import { createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { asUser, createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { createCompany, createWorker, draftOffer } from "../helpers/offers.ts";
 
 let db: TestDb;
@@ -63,6 +63,8 @@ interface Event {
   scheduleId: string | null;
   reason: string | null;
   count: number | null;
+  action: string | null;
+  target: string | null;
 }
 
 interface Subscription {
@@ -91,7 +93,7 @@ async function subscribe(token: string | null, args: { tasks?: string[]; keyPref
   const stop = client.subscribe<{ jobEvents: Event }>(
     {
       query: `subscription ($tasks: [String!], $keyPrefix: String) {
-        jobEvents(tasks: $tasks, keyPrefix: $keyPrefix) { kind at jobId taskIdentifier jobKey attempt outcome scheduleId reason count }
+        jobEvents(tasks: $tasks, keyPrefix: $keyPrefix) { kind at jobId taskIdentifier jobKey attempt outcome scheduleId reason count action target }
       }`,
       variables: args,
     },
@@ -298,6 +300,61 @@ describe("jobEvents", () => {
     expect(await sub.next((e) => e.kind === "overflow")).toMatchObject({ kind: "overflow", count: 10001 });
     expect(sub.events.map((e) => e.kind)).toEqual(["overflow"]);
     await db.pool.query("delete from graphile_worker._private_jobs where key like 'flood:%'");
+  });
+
+  it("keeps every notification under NOTIFY's limit, whatever the keys: long multibyte crontab keys", async () => {
+    const sub = await subscribe(admin.token, { keyPrefix: "cron:wide" });
+    // 512-character keys of 3- and 4-byte characters, among short ones, in one statement.
+    await db.pool.query(`select graphile_worker.add_jobs(array(
+      select row('t_events', '{"fail": false}'::json, null, null, null,
+                 case when g % 3 = 0 then left('cron:wide' || g || repeat(case when g % 2 = 0 then '字' else '😀' end, 512), 512)
+                      else 'cron:wide:short:' || g end, null, null)::graphile_worker.job_spec
+      from generate_series(1, 80) g))`);
+    await waitFor(async () => sub.events.length >= 80);
+    expect(new Set(sub.events.map((e) => e.jobKey)).size).toBe(80);
+    // The schedule id is the key's (cron:<id>), derived by the API.
+    expect(sub.events.every((e) => e.scheduleId === e.jobKey!.slice(5))).toBe(true);
+    await db.pool.query("delete from graphile_worker._private_jobs where key like 'cron:wide%'");
+  });
+
+  it("publishes a forced stop's abandoned runs once each", async () => {
+    const sub = await subscribe(admin.token, { keyPrefix: "forced:" });
+    const history = new HistoryWriter(db.pool, { flushDelayMs: 5, log: testLog });
+    for (const n of [1, 2]) {
+      history.start({
+        id: randomUUID(), jobId: String(900 + n), task: "t_events", queueName: null, jobKey: `forced:${n}`, attempt: 1, maxAttempts: 1,
+        payload: {}, workerId: "test:events", runAt: Date.now(), startedAt: Date.now(), durationMs: null, outcome: "running", error: null, result: null,
+      });
+    }
+    await history.flush(); // written as running...
+    await history.close(); // ...then completed as abandoned by the shutdown
+    await sub.next((e) => e.kind === "abandoned" && e.jobKey === "forced:2");
+    // A marker after everything above: any duplicate would have arrived before it.
+    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'forced:marker')");
+    await sub.next((e) => e.jobKey === "forced:marker");
+    const kinds = (key: string) => sub.events.filter((e) => e.jobKey === key).map((e) => e.kind);
+    expect([kinds("forced:1"), kinds("forced:2")]).toEqual([["started", "abandoned"], ["started", "abandoned"]]);
+    await db.pool.query("select graphile_worker.remove_job('forced:marker')");
+  });
+
+  it("streams admins' actions, such as a cancel, which changes the queue without an insert", async () => {
+    const sub = await subscribe(admin.token);
+    const { rows } = await db.pool.query("select (graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'cancel:me', run_at := now() + interval '1 hour')).id::text as id");
+    // Committed, as the API commits a mutation.
+    await asUser(db, admin.sessionId, (c) => c.query("select app_public.cancel_job($1, 'not needed')", [rows[0].id]));
+    expect(await sub.next((e) => e.kind === "admin_action")).toMatchObject({ action: "cancel_job", target: `job:${rows[0].id}`, reason: "not needed" });
+  });
+
+  it("ends every subscription with EVINT when the API loses its LISTEN connection, and listens again for new ones", async () => {
+    const subs = [await subscribe(admin.token, { keyPrefix: "lost:" }), await subscribe(admin.token), await subscribe(admin.token, { tasks: ["t_events"] })];
+    await db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity
+      where datname = current_database() and pid <> pg_backend_pid() and query ~* '^(un)?listen '`);
+    await Promise.all(subs.map((s) => s.ended));
+    expect(subs.map((s) => s.errors.map((e) => e.extensions?.code))).toEqual([["EVINT"], ["EVINT"], ["EVINT"]]);
+    const again = await subscribe(admin.token, { keyPrefix: "lost:" });
+    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'lost:after')");
+    expect(await again.next((e) => e.jobKey === "lost:after")).toMatchObject({ kind: "enqueued" });
+    again.stop();
   });
 
   it("refuses non-admins, anonymous clients and bad tokens, and checks its filter", async () => {
