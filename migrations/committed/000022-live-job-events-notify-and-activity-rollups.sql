@@ -1,5 +1,5 @@
 --! Previous: sha1:5d8bed8630e74340b98f24b0965ee7cb9bd41a7d
---! Hash: sha1:57b64bec7ae9b0a5e69058c11381260017ab4856
+--! Hash: sha1:f8110aeac9e93517ab4548e70d2bfcdcf8fa9c4c
 --! Message: live job events (NOTIFY) and activity rollups
 
 -- Live job events and activity rollups, for the dashboard and any client.
@@ -20,10 +20,12 @@
 -- in app_private.job_event_listeners (refreshed every 20 s, gone 60 s after it stops), and the
 -- triggers check for one first. A DBA watching in psql adds one with watch_job_events().
 --
--- graphile-worker has no hook for "a job was added", so enqueues are observed by a statement
--- trigger on its jobs table: the one place Hourglass attaches to a graphile_worker table (it reads
--- the new rows' task through the public graphile_worker.jobs view). A graphile-worker upgrade that
--- rebuilds the table drops the trigger; the events test fails when it is gone.
+-- Enqueues are published by Hourglass's two enqueue functions (app_private.add_jobs, behind
+-- app_private.add_job, the tasks' enqueue and the admin functions; app_private.schedule_jobs,
+-- behind the domain triggers), in the step that already follows every enqueue (note_wakeups),
+-- reading the jobs through graphile-worker's public jobs view: graphile-worker has no hook of its
+-- own, and its private tables are not ours to attach to. Jobs added with graphile_worker.add_job
+-- directly, and crontab ticks, publish no enqueued event (their runs publish theirs).
 --
 -- Rollups. Why: a dashboard's charts and totals (runs per minute over the last hour, per hour
 -- over the last day, by task and outcome over a window) counted from job_runs read every row of
@@ -41,11 +43,11 @@ drop trigger if exists _910_events on app_public.schedules;
 drop trigger if exists _910_events on app_public.admin_actions;
 drop function if exists app_private.tg_admin_actions__events();
 drop trigger if exists _910_events_abandoned on app_public.job_runs;
-drop trigger if exists _910_hourglass_events on graphile_worker._private_jobs;
 drop function if exists app_private.tg_schedules__events();
 drop function if exists app_private.tg_job_runs__abandoned_events();
 drop function if exists app_private.job_run_events(uuid, bigint, text, text, integer, text, timestamptz, timestamptz, boolean);
-drop function if exists app_private.tg_jobs__enqueued_events();
+drop function if exists app_private.after_enqueue(bigint[], timestamptz[]);
+drop function if exists app_private.is_failure(text);
 drop function if exists app_private.publish_job_events(jsonb);
 drop function if exists app_private.job_events_wanted();
 drop function if exists app_private.watch_job_events(interval);
@@ -163,6 +165,13 @@ end;
 $$;
 comment on function app_private.sweep_job_runs(integer, interval) is E'Deletes up to batch_size job history rows that started more than older_than ago; with the last batch, also the per-minute rollups older than two days and the per-hour rollups older than older_than. Returns how many history rows, and how many remain eligible (0 unless the batch was full).';
 
+-- Which outcomes are failures, for the activity figures (and for clients: job_stat.failure).
+create function app_private.is_failure(outcome text) returns boolean
+language sql immutable
+as $$
+  select outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned');
+$$;
+
 create type app_public.job_activity_bucket as (
   bucket timestamptz,
   runs bigint,
@@ -206,7 +215,7 @@ begin
   select b.bucket,
          coalesce(sum(r.runs), 0)::bigint,
          coalesce(sum(r.runs) filter (where r.outcome = 'succeeded'), 0)::bigint,
-         coalesce(sum(r.runs) filter (where r.outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned')), 0)::bigint,
+         coalesce(sum(r.runs) filter (where app_private.is_failure(r.outcome)), 0)::bigint,
          sum(r.duration_sum_ms) / nullif(sum(r.runs), 0),
          max(r.duration_max_ms)
   from buckets b left join rows r on r.bucket = b.bucket
@@ -219,6 +228,7 @@ comment on function app_public.job_activity(text) is E'Admins: finished job runs
 create type app_public.job_stat as (
   task_identifier text,
   outcome text,
+  failure boolean,
   runs bigint,
   avg_duration_ms double precision,
   max_duration_ms double precision
@@ -226,6 +236,7 @@ create type app_public.job_stat as (
 comment on type app_public.job_stat is E'Finished runs of one task with one outcome in a window.';
 comment on column app_public.job_stat.task_identifier is E'@notNull';
 comment on column app_public.job_stat.outcome is E'@notNull';
+comment on column app_public.job_stat.failure is E'@notNull\nWhether the outcome counts as a failure (failed, timed out or abandoned), as in jobActivity''s failures.';
 comment on column app_public.job_stat.runs is E'@notNull';
 
 create function app_public.job_stats(since timestamptz) returns setof app_public.job_stat
@@ -245,7 +256,7 @@ begin
     raise exception 'since is required' using errcode = 'JASNC';
   end if;
   return query
-  select r.task_identifier, r.outcome, sum(r.runs)::bigint,
+  select r.task_identifier, r.outcome, app_private.is_failure(r.outcome), sum(r.runs)::bigint,
          sum(r.duration_sum_ms) / nullif(sum(r.runs), 0), max(r.duration_max_ms)
   from (
     select m.task_identifier, m.outcome, m.runs, m.duration_sum_ms, m.duration_max_ms
@@ -385,32 +396,90 @@ create trigger _910_events_abandoned after update of outcome on app_public.job_r
   for each row when (old.outcome = 'running' and new.outcome = 'abandoned')
   execute function app_private.tg_job_runs__abandoned_events();
 
-create function app_private.tg_jobs__enqueued_events() returns trigger
+-- What follows every enqueue: the wake-ups of future jobs (as before), and the enqueued events
+-- while someone watches. A job added under a key that was taken is replaced (graphile-worker
+-- returns it too): it is published again, with its new run time.
+create function app_private.after_enqueue(job_ids bigint[], run_ats timestamptz[]) returns void
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  perform app_private.note_wakeups(run_ats);
+  if coalesce(cardinality(job_ids), 0) = 0 or not app_private.job_events_wanted() then
+    return;
+  end if;
+  if cardinality(job_ids) > 10000 then
+    perform app_private.publish_job_events_overflow(cardinality(job_ids));
+    return;
+  end if;
+  perform app_private.publish_job_events(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+      'kind', 'enqueued', 'at', j.created_at, 'jobId', j.id::text, 'taskIdentifier', j.task_identifier,
+      'jobKey', j.key, 'runAt', j.run_at)) order by j.id))
+  from graphile_worker.jobs j
+  where j.id = any (job_ids)
+  having count(*) > 0;
+end;
+$$;
+comment on function app_private.after_enqueue(bigint[], timestamptz[]) is E'Called by app_private.add_jobs and app_private.schedule_jobs after each enqueue: records the wake-ups of future jobs, and publishes enqueued events while someone watches.';
+
+create or replace function app_private.schedule_jobs(identifier text, payloads json[], run_ats timestamptz[], job_keys text[])
+returns integer
 language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_count bigint;
+  v_task app_private.tasks;
+  v_ids bigint[];
 begin
-  if not app_private.job_events_wanted() then
-    return null;
+  if coalesce(cardinality(payloads), 0) = 0 then
+    return 0;
   end if;
-  v_count := (select count(*) from new_jobs);
-  if v_count > 10000 then
-    perform app_private.publish_job_events_overflow(v_count);
-    return null;
+  select * into v_task from app_private.tasks t where t.identifier = schedule_jobs.identifier;
+  if not found then
+    raise exception 'Unknown task %', identifier using errcode = 'TASKU';
   end if;
-  perform app_private.publish_job_events(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
-      'kind', 'enqueued', 'at', n.created_at, 'jobId', n.id::text, 'taskIdentifier', t.task_identifier,
-      'jobKey', n.key, 'runAt', n.run_at)) order by n.id))
-  from new_jobs n join graphile_worker.jobs t on t.id = n.id
-  having count(*) > 0;
-  return null;
+  v_ids := array(select j.id from graphile_worker.add_jobs(array(
+    select row(identifier, u.payload, null, u.run_at, v_task.max_attempts, u.job_key, v_task.priority, null)::graphile_worker.job_spec
+    from unnest(payloads, run_ats, job_keys) as u(payload, run_at, job_key))) j);
+  perform app_private.after_enqueue(v_ids, run_ats);
+  return cardinality(v_ids);
 end;
 $$;
-create trigger _910_hourglass_events after insert on graphile_worker._private_jobs
-  referencing new table as new_jobs
-  for each statement execute function app_private.tg_jobs__enqueued_events();
+
+create or replace function app_private.add_jobs(specs graphile_worker.job_spec[], job_key_preserve_run_at boolean default false)
+returns setof bigint
+language plpgsql volatile
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_unknown text;
+  v_ids bigint[];
+begin
+  select s.identifier into v_unknown
+  from unnest(specs) s
+  where not exists (select 1 from app_private.tasks t where t.identifier = s.identifier)
+  limit 1;
+  if v_unknown is not null then
+    raise exception 'Unknown task %', v_unknown using errcode = 'TASKU';
+  end if;
+  v_ids := array(
+    select j.id
+    from graphile_worker.add_jobs(
+      array(
+        select row(
+          s.identifier, s.payload, s.queue_name, s.run_at,
+          coalesce(s.max_attempts, t.max_attempts), s.job_key,
+          coalesce(s.priority, t.priority), s.flags
+        )::graphile_worker.job_spec
+        from unnest(specs) s
+        join app_private.tasks t on t.identifier = s.identifier
+      ),
+      job_key_preserve_run_at
+    ) j);
+  perform app_private.after_enqueue(v_ids, array(select s.run_at from unnest(specs) s where s.run_at is not null));
+  return query select unnest(v_ids);
+end;
+$$;
 
 create function app_private.tg_schedules__events() returns trigger
 language plpgsql volatile

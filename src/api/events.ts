@@ -1,7 +1,7 @@
 // Live job events for admins: `subscription { jobEvents(tasks, keyPrefix) { kind at ... } }` over
 // websockets (graphql-ws). Postgres publishes every event with NOTIFY on hourglass:job_events in
-// the transaction that causes it (migration 000022): a job enqueued by anything (a trigger on
-// graphile-worker's jobs table), a run started or ended (the history writers, in the statement
+// the transaction that causes it (migration 000022): a job enqueued through Hourglass's enqueue
+// functions (app_private.add_jobs / schedule_jobs), a run started or ended (the history writers, in the statement
 // that writes each batch), crash recovery's abandoned marks, a schedule paused or resumed, an
 // admin's audited action. A payload is a JSON array of events; a statement that changes more than
 // 10,000 jobs or runs publishes one `overflow` event instead, which every subscription receives.

@@ -163,24 +163,24 @@ describe("publishing only while someone watches", () => {
     const raw = await rawListener();
     try {
       expect(await listenerRows()).toEqual([]);
-      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:before')");
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'watch:before')");
       await new Promise((r) => setTimeout(r, 300));
       expect(raw.payloads).toEqual([]);
 
       const sub = await subscribe(admin.token, { keyPrefix: "watch:" });
       expect(await listenerRows()).toEqual([expect.stringMatching(/^api:/)]);
-      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:during')");
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'watch:during')");
       await sub.next((e) => e.jobKey === "watch:during");
       sub.stop();
       await waitFor(async () => (await listenerRows()).length === 0);
       const seen = raw.payloads.length;
-      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:after')");
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'watch:after')");
       await new Promise((r) => setTimeout(r, 300));
       expect(raw.payloads.length).toBe(seen);
 
       // A DBA watching in psql.
       await db.pool.query("select app_private.watch_job_events(interval '1 minute')");
-      await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'watch:psql')");
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'watch:psql')");
       await waitFor(async () => raw.payloads.some((p) => p.includes("watch:psql")));
       await db.pool.query("delete from app_private.job_event_listeners");
     } finally {
@@ -219,9 +219,9 @@ describe("jobEvents", () => {
 
   it("streams a run's start and end, filtered by task", async () => {
     const sub = await subscribe(admin.token, { tasks: ["t_events"] });
-    await db.pool.query(`select graphile_worker.add_job('send_email', '{}', job_key := 'not-for-this-filter');
-      select graphile_worker.add_job('t_events', '{"fail": false}', job_key := 'events:ok');
-      select graphile_worker.add_job('t_events', '{"fail": true}', job_key := 'events:bad', max_attempts := 1)`);
+    await db.pool.query(`select app_private.add_job('send_email', '{}', job_key := 'not-for-this-filter');
+      select app_private.add_job('t_events', '{"fail": false}', job_key := 'events:ok');
+      select app_private.add_job('t_events', '{"fail": true}', job_key := 'events:bad', max_attempts := 1)`);
     await db.pool.query("select graphile_worker.remove_job('not-for-this-filter')");
     await drainJobs(db, [flaky]);
     const ok = await sub.next((e) => e.kind === "succeeded" && e.jobKey === "events:ok");
@@ -270,9 +270,9 @@ describe("jobEvents", () => {
     const c = await db.pool.connect();
     try {
       await c.query("begin");
-      await c.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:1')");
+      await c.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:1')");
       await c.query("rollback");
-      await c.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:2')");
+      await c.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'rollback:2')");
     } finally {
       c.release();
     }
@@ -284,7 +284,7 @@ describe("jobEvents", () => {
   it("splits a large batch across notifications and loses none of it", async () => {
     const sub = await subscribe(admin.token, { keyPrefix: "bulk:" });
     // 300 jobs with 400-character keys in one statement: about 150 kB of events.
-    await db.pool.query(`select graphile_worker.add_jobs(array(
+    await db.pool.query(`select app_private.add_jobs(array(
       select row('t_events', '{"fail": false}'::json, null, null, null, 'bulk:' || g || ':' || repeat('x', 400), null, null)::graphile_worker.job_spec
       from generate_series(1, 300) g))`);
     await waitFor(async () => sub.events.length >= 300);
@@ -294,18 +294,18 @@ describe("jobEvents", () => {
 
   it("sends one overflow event, past any filter, for a statement that enqueues more than 10,000 jobs", async () => {
     const sub = await subscribe(admin.token, { tasks: ["no_such_task"] });
-    await db.pool.query(`select graphile_worker.add_jobs(array(
+    await db.pool.query(`select app_private.add_jobs(array(
       select row('t_events', '{"fail": false}'::json, null, null, null, 'flood:' || g, null, null)::graphile_worker.job_spec
       from generate_series(1, 10001) g))`);
     expect(await sub.next((e) => e.kind === "overflow")).toMatchObject({ kind: "overflow", count: 10001 });
     expect(sub.events.map((e) => e.kind)).toEqual(["overflow"]);
-    await db.pool.query("delete from graphile_worker._private_jobs where key like 'flood:%'");
+    await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs where key like 'flood:%'))");
   });
 
   it("keeps every notification under NOTIFY's limit, whatever the keys: long multibyte crontab keys", async () => {
     const sub = await subscribe(admin.token, { keyPrefix: "cron:wide" });
     // 512-character keys of 3- and 4-byte characters, among short ones, in one statement.
-    await db.pool.query(`select graphile_worker.add_jobs(array(
+    await db.pool.query(`select app_private.add_jobs(array(
       select row('t_events', '{"fail": false}'::json, null, null, null,
                  case when g % 3 = 0 then left('cron:wide' || g || repeat(case when g % 2 = 0 then '字' else '😀' end, 512), 512)
                       else 'cron:wide:short:' || g end, null, null)::graphile_worker.job_spec
@@ -314,7 +314,7 @@ describe("jobEvents", () => {
     expect(new Set(sub.events.map((e) => e.jobKey)).size).toBe(80);
     // The schedule id is the key's (cron:<id>), derived by the API.
     expect(sub.events.every((e) => e.scheduleId === e.jobKey!.slice(5))).toBe(true);
-    await db.pool.query("delete from graphile_worker._private_jobs where key like 'cron:wide%'");
+    await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs where key like 'cron:wide%'))");
   });
 
   it("publishes a forced stop's abandoned runs once each", async () => {
@@ -330,7 +330,7 @@ describe("jobEvents", () => {
     await history.close(); // ...then completed as abandoned by the shutdown
     await sub.next((e) => e.kind === "abandoned" && e.jobKey === "forced:2");
     // A marker after everything above: any duplicate would have arrived before it.
-    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'forced:marker')");
+    await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'forced:marker')");
     await sub.next((e) => e.jobKey === "forced:marker");
     const kinds = (key: string) => sub.events.filter((e) => e.jobKey === key).map((e) => e.kind);
     expect([kinds("forced:1"), kinds("forced:2")]).toEqual([["started", "abandoned"], ["started", "abandoned"]]);
@@ -339,7 +339,7 @@ describe("jobEvents", () => {
 
   it("streams admins' actions, such as a cancel, which changes the queue without an insert", async () => {
     const sub = await subscribe(admin.token);
-    const { rows } = await db.pool.query("select (graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'cancel:me', run_at := now() + interval '1 hour')).id::text as id");
+    const { rows } = await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'cancel:me', run_at := now() + interval '1 hour')::text as id");
     // Committed, as the API commits a mutation.
     await asUser(db, admin.sessionId, (c) => c.query("select app_public.cancel_job($1, 'not needed')", [rows[0].id]));
     expect(await sub.next((e) => e.kind === "admin_action")).toMatchObject({ action: "cancel_job", target: `job:${rows[0].id}`, reason: "not needed" });
@@ -352,7 +352,7 @@ describe("jobEvents", () => {
     await Promise.all(subs.map((s) => s.ended));
     expect(subs.map((s) => s.errors.map((e) => e.extensions?.code))).toEqual([["EVINT"], ["EVINT"], ["EVINT"]]);
     const again = await subscribe(admin.token, { keyPrefix: "lost:" });
-    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'lost:after')");
+    await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'lost:after')");
     expect(await again.next((e) => e.jobKey === "lost:after")).toMatchObject({ kind: "enqueued" });
     again.stop();
   });
@@ -376,11 +376,11 @@ describe("jobEvents", () => {
   it("ends a subscription whose session is gone", async () => {
     const other = await signIn(db, (await createUser(db, { isAdmin: true })).id);
     const sub = await subscribe(other.token, { keyPrefix: "session:" });
-    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'session:1')");
+    await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'session:1')");
     await sub.next((e) => e.jobKey === "session:1");
     await db.pool.query("delete from app_private.sessions where id = $1", [other.sessionId]);
     await new Promise((r) => setTimeout(r, 300)); // past the re-check interval (200 ms here)
-    await db.pool.query("select graphile_worker.add_job('t_events', '{\"fail\": false}', job_key := 'session:2')");
+    await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'session:2')");
     await sub.ended;
     expect(sub.errors.map((e) => e.extensions?.code)).toEqual(["ADMIN"]);
     expect(sub.events.map((e) => e.jobKey)).toEqual(["session:1"]);

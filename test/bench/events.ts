@@ -42,7 +42,7 @@ export async function eventLatency(serverUrl: string, h: BenchHelpers): Promise<
     for (let i = 0; !arrived.has(`bench:probe:${i - 1}`); i++) {
       if (failed) throw new Error(`subscription failed: ${JSON.stringify(failed)}`);
       if (i > 200) throw new Error("the subscription never delivered an event");
-      await pool.query("select graphile_worker.add_job('send_email', '{}', job_key := $1)", [`bench:probe:${i}`]);
+      await pool.query("select app_private.add_job('send_email', '{}', job_key := $1)", [`bench:probe:${i}`]);
       await new Promise((r) => setTimeout(r, 50));
     }
     const committed = new Map<string, number>();
@@ -50,7 +50,7 @@ export async function eventLatency(serverUrl: string, h: BenchHelpers): Promise<
     const started = performance.now();
     for (let i = 0; i < n; i++) {
       const key = `bench:event:${i}`;
-      await pool.query("select graphile_worker.add_job('send_email', '{}', job_key := $1)", [key]);
+      await pool.query("select app_private.add_job('send_email', '{}', job_key := $1)", [key]);
       committed.set(key, Date.now());
       const next = started + ((i + 1) * 1000) / EVENTS_PER_SECOND;
       await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())));

@@ -683,7 +683,7 @@ async function main() {
     lines.push(
       "## 9. Live events",
       "",
-      `One job enqueued every ${1000 / EVENTS_PER_SECOND} ms (${EVENTS_PER_SECOND}/s) for ${EVENTS_SECONDS} s, each with \`graphile_worker.add_job\` in its own`,
+      `One job enqueued every ${1000 / EVENTS_PER_SECOND} ms (${EVENTS_PER_SECOND}/s) for ${EVENTS_SECONDS} s, each with \`app_private.add_job\` in its own`,
       "transaction; an admin's `jobEvents(keyPrefix:)` subscription over graphql-ws to an API in a process of its own",
       "(NODE_ENV=production). Latency = arrival of the `enqueued` event at the client − the add_job's commit",
       "acknowledged to the bench (so a slightly negative value is possible: the event can overtake the acknowledgement).",

@@ -99,6 +99,8 @@ export interface ActivityBucket {
 export interface TaskStat {
   taskIdentifier: string;
   outcome: string;
+  /** Whether the outcome counts as a failure (the API decides: failed, timed out or abandoned). */
+  failure: boolean;
   runs: string;
 }
 type Nodes<T> = { nodes: (T | null)[] } | null;
@@ -106,7 +108,7 @@ export const ACTIVITY = gql<{ perMinute: Nodes<ActivityBucket>; perHour: Nodes<A
   query Activity($since: Datetime!) {
     perMinute: jobActivity(resolution: "minute") { nodes { bucket runs failures } }
     perHour: jobActivity(resolution: "hour") { nodes { bucket runs failures } }
-    jobStats(since: $since) { nodes { taskIdentifier outcome runs } }
+    jobStats(since: $since) { nodes { taskIdentifier outcome failure runs } }
   }
 `;
 

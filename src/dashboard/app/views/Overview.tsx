@@ -9,8 +9,6 @@ import { BarChart } from "../BarChart.tsx";
 import { Columns, ErrorNote, Time, useNow } from "../ui.tsx";
 import { Link, withParams } from "../route.tsx";
 
-const FAILED = new Set(["failed_retrying", "failed_permanently", "timed_out", "abandoned"]);
-
 function Fact({ label, value, alert }: { label: string; value: ComponentChildren; alert?: boolean }) {
   return (
     <div class={alert ? "fact alert" : "fact"}>
@@ -36,7 +34,7 @@ export function Overview() {
   const workers = (overview.data?.allWorkerProcesses?.nodes ?? []).filter((w): w is WorkerRow => !!w);
   const failures24h = new Map<string, number>();
   for (const s of activity.data?.jobStats?.nodes ?? []) {
-    if (s && FAILED.has(s.outcome)) failures24h.set(s.taskIdentifier, (failures24h.get(s.taskIdentifier) ?? 0) + Number(s.runs));
+    if (s?.failure) failures24h.set(s.taskIdentifier, (failures24h.get(s.taskIdentifier) ?? 0) + Number(s.runs));
   }
   const buckets = (list: { nodes: (ActivityBucket | null)[] } | null | undefined) => (list?.nodes ?? []).filter((b): b is ActivityBucket => !!b);
   // Tasks with something to show first; idle ones after, alphabetically.
