@@ -74,6 +74,23 @@ function withoutPayloads(meta: Fields): Fields {
   return id === undefined ? rest : { ...rest, job: id };
 }
 
+/**
+ * graphile-worker 0.18's local queue, released while jobs wait in it, throws "Cannot background
+ * something when the queue is already released" from its hand-back and fails the graceful
+ * shutdown with it (the jobs finished meanwhile are completed as usual).
+ */
+export function isLocalQueueReleaseBug(err: unknown): boolean {
+  const seen = new Set<unknown>();
+  const errors = (e: unknown): unknown[] => {
+    if (!(e instanceof Error) || seen.has(e)) return [];
+    seen.add(e);
+    const inner = e instanceof AggregateError ? e.errors.flatMap(errors) : [];
+    return inner.length ? inner : [e];
+  };
+  const leaves = errors(err);
+  return leaves.length > 0 && leaves.every((e) => e instanceof Error && e.message.includes("Cannot background something when the queue is already released"));
+}
+
 /** Graphile libraries' log lines (worker, migrate), routed through ours with their scope as fields. */
 export function graphileLogFactory(log: Logger): LogFunctionFactory {
   return (scope) => {
@@ -88,8 +105,11 @@ export function graphileLogFactory(log: Logger): LogFunctionFactory {
       // Per-job "Completed task" lines would be one log line per job at thousands of jobs per
       // second; the job history records every run, so they are debug here.
       const perJobSuccess = level === "info" && (meta as { success?: unknown } | undefined)?.success === true;
+      // The local queue's shutdown bug is handled (the runner hands the jobs back itself) but
+      // graphile-worker reports it as five errors: warnings here, errors only when something else failed too.
+      const knownBug = level === "error" && isLocalQueueReleaseBug((meta as { error?: unknown } | undefined)?.error);
       const l: LogLevel =
-        level === "error" ? "error" : level === "warning" ? "warn" : level === "info" && !perJobSuccess ? "info" : "debug";
+        level === "error" && !knownBug ? "error" : level === "warning" || knownBug ? "warn" : level === "info" && !perJobSuccess ? "info" : "debug";
       if (!log.isLevelEnabled(l)) return;
       scoped[l](message, meta ? withoutPayloads(meta as Fields) : undefined);
     };

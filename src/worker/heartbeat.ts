@@ -83,14 +83,27 @@ export class Heartbeat {
     return rows.length;
   }
 
-  /** Stops beating and removes this process's heartbeat (a clean stop is not a death). */
-  async stop(): Promise<void> {
+  /**
+   * Stops beating. After a clean stop (no job of this process still running) the heartbeat is
+   * removed, a clean stop not being a death, and any job the pool still holds locked is handed
+   * back (graphile-worker 0.18 can leave its local queue's jobs locked at shutdown). Otherwise
+   * the heartbeat stays: it goes silent, and a live worker's recovery releases the jobs and
+   * marks their runs abandoned once it is judged dead.
+   */
+  async stop(clean = true): Promise<void> {
     this.#stopped = true;
     for (const t of this.#timers) clearInterval(t);
-    if (this.#id) {
-      await this.#pool.query("select app_private.forget_worker($1)", [this.#id]).catch((err: unknown) =>
-        this.#log.warn("could not remove the heartbeat", { err }),
-      );
+    if (!this.#id) return;
+    if (!clean) {
+      this.#log.warn("stopped with jobs still running; leaving the heartbeat for crash recovery to judge");
+      return;
+    }
+    try {
+      const { rows } = await this.#pool.query<{ released: number }>("select app_private.forget_worker($1) as released", [this.#id]);
+      const released = rows[0]?.released ?? 0;
+      if (released > 0) this.#log.info("handed back jobs still locked by this worker at shutdown (fetched, never started)", { released });
+    } catch (err) {
+      this.#log.warn("could not remove the heartbeat", { err });
     }
   }
 }

@@ -19,7 +19,7 @@ import os from "node:os";
 import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import type pg from "pg";
 import type { Config } from "../config.ts";
-import { workerLogger, type Logger } from "../log.ts";
+import { isLocalQueueReleaseBug, workerLogger, type Logger } from "../log.ts";
 import { createPool, retryOnConnectionLoss, warmPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
@@ -186,10 +186,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         if (running) await runner.stop();
         await finished;
       } catch (err) {
-        log.error("worker did not stop cleanly", { err });
+        if (isLocalQueueReleaseBug(err)) {
+          log.warn("graphile-worker could not hand back the jobs waiting in its local queue (a known 0.18 shutdown bug); handing them back below");
+        } else {
+          log.error("worker did not stop cleanly", { err });
+        }
       } finally {
         clearTimeout(timeout);
-        await heartbeat.stop();
+        await heartbeat.stop(!forced && history.runningCount === 0);
         await history.close();
         closeServices();
         await Promise.all([pool.end(), historyPool.end()]);

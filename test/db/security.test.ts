@@ -46,6 +46,53 @@ describe("database security", () => {
     expect(rows).toEqual([]);
   });
 
+  it("runs the row triggers without a pinned search_path under any search_path, even an empty one", async () => {
+    // The hot row triggers leave search_path unpinned (a per-call cost); they must then name every
+    // object of ours with its schema. With an empty search_path anything unqualified fails.
+    const { rows: unpinned } = await db.pool.query<{ fn: string }>(
+      `select distinct p.oid::regprocedure::text as fn from pg_trigger t join pg_proc p on p.oid = t.tgfoid
+       join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname like 'app\\_%' and not t.tgisinternal and p.proconfig is null order by 1`,
+    );
+    expect(unpinned.map((r) => r.fn)).toEqual(expect.arrayContaining(["app_private.tg__timestamps()", "app_private.tg_offers__rules()"]));
+    const client = await db.pool.connect();
+    try {
+      await client.query("begin");
+      await client.query("set local search_path = ''");
+      const { rows } = await client.query(
+        `with c as (insert into app_public.companies (name) values ('Search path') returning id),
+              j as (insert into app_public.jobs (company_id, title) select id, 'Job' from c returning id),
+              w as (insert into app_public.workers (name) values ('W') returning id),
+              a as (insert into app_public.job_applications (job_id, worker_id) select j.id, w.id from j, w returning id)
+         insert into app_public.offers (application_id, start_date, end_date) select id, '2030-01-01', '2030-01-02' from a
+         returning id, company_id is not null as has_company, created_at = now() as stamped`,
+      );
+      expect(rows).toEqual([{ id: expect.any(String), has_company: true, stamped: true }]);
+      const { rows: sent } = await client.query(
+        `update app_public.offers set status = 'SENT' where id = $1 returning expires_at > now() as window_started, is_read`,
+        [rows[0].id],
+      );
+      expect(sent).toEqual([{ window_started: true, is_read: false }]);
+      const { rows: jobs } = await client.query(`select count(*)::int as n from graphile_worker.jobs where key = 'offers:' || $1 || ':expire'`, [rows[0].id]);
+      expect(jobs[0].n).toBe(1);
+    } finally {
+      await client.query("rollback");
+      client.release();
+    }
+  });
+
+  it("turns JIT off in every statement trigger that reads transition tables", async () => {
+    // Transition tables have no statistics: a join of old and new rows is estimated at millions
+    // of rows, past the JIT thresholds, and compiling cost more than the query (migration 000023).
+    const { rows } = await db.pool.query<{ fn: string; jit_off: boolean }>(
+      `select distinct p.oid::regprocedure::text as fn, coalesce('jit=off' = any (p.proconfig), false) as jit_off
+       from pg_trigger t join pg_proc p on p.oid = t.tgfoid join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname like 'app\\_%' and (t.tgoldtable is not null or t.tgnewtable is not null) order by 1`,
+    );
+    expect(rows.length).toBeGreaterThanOrEqual(9);
+    expect(rows.filter((r) => !r.jit_off).map((r) => r.fn)).toEqual([]);
+  });
+
   it("gives the visitor role no access to app_private or graphile_worker", async () => {
     const { rows } = await db.pool.query(
       `select has_schema_privilege($1, 'app_private', 'usage') as private, has_schema_privilege($1, 'graphile_worker', 'usage') as worker`,

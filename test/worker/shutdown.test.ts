@@ -15,6 +15,12 @@ afterAll(async () => {
 let started: () => void;
 const startedOnce = new Promise<void>((r) => (started = r));
 let runs = 0;
+let heldStarted: () => void;
+const heldStartedOnce = new Promise<void>((r) => (heldStarted = r));
+let blockedStarted: () => void;
+const blockedStartedOnce = new Promise<void>((r) => (blockedStarted = r));
+let unblock: () => void;
+const unblocked = new Promise<void>((r) => (unblock = r));
 const tasks = [
   resolveTask("t_finishes_during_shutdown", defineTask({
     description: "takes a while, and finishes after shutdown has begun",
@@ -27,6 +33,22 @@ const tasks = [
     },
   })),
   resolveTask("t_quick", defineTask({ description: "no-op", payload: z.object({}), async run() {} })),
+  resolveTask("t_holds_the_slot", defineTask({
+    description: "keeps the only slot busy while the rest of its batch waits in the local queue",
+    payload: z.object({}),
+    async run() {
+      heldStarted();
+      await new Promise((r) => setTimeout(r, 500));
+    },
+  })),
+  resolveTask("t_blocks", defineTask({
+    description: "runs until the test lets it finish",
+    payload: z.object({}),
+    async run() {
+      blockedStarted();
+      await unblocked;
+    },
+  })),
 ];
 
 describe("graceful shutdown", () => {
@@ -56,5 +78,55 @@ describe("graceful shutdown", () => {
     expect(await listJobs(db)).toEqual([]);
     expect(runs).toBe(1);
     expect((await jobRuns(db, "t_quick")).filter((r) => r.outcome === "succeeded")).toHaveLength(20);
+  });
+
+  it("hands back, unlocked, the jobs waiting in the local queue when shutdown begins", async () => {
+    // One fetch locks the whole batch; the single slot takes the first and the rest wait in the
+    // local queue. graphile-worker 0.18 cannot hand those back at shutdown (its local queue throws
+    // "Cannot background something when the queue is already released") and leaves them locked
+    // for four hours; the clean stop releases them.
+    await db.pool.query(
+      `select graphile_worker.add_job('t_holds_the_slot', '{}'::json, run_at := now() - interval '1 minute');
+       select graphile_worker.add_job('t_quick', '{}'::json) from generate_series(1, 10)`,
+    );
+    const config = testConfig(db, { WORKER_CONCURRENCY: "1", WORKER_LOCAL_QUEUE_SIZE: "50", WORKER_POLL_INTERVAL_MS: "100" });
+    const worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log: testLog, crontabFile: null });
+    await heldStartedOnce;
+    const { rows: held } = await db.pool.query("select count(*)::int as n from graphile_worker.jobs where task_identifier = 't_quick' and locked_by is not null");
+    expect(held[0].n).toBe(10);
+    await worker.stop();
+
+    const jobs = await listJobs(db);
+    expect(jobs.filter((j) => j.task_identifier === "t_holds_the_slot")).toEqual([]);
+    expect(jobs.filter((j) => j.task_identifier === "t_quick")).toHaveLength(10);
+    expect(jobs.filter((j) => j.locked_by !== null || j.attempts !== 0)).toEqual([]);
+    const { rows } = await db.pool.query("select count(*)::int as n from app_public.worker_processes");
+    expect(rows[0].n).toBe(0);
+    await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs))");
+  });
+
+  it("app_private.forget_worker hands back the jobs a pool still holds, with the attempt its fetch counted", async () => {
+    await db.pool.query("select graphile_worker.add_job('t_blocks', '{}'::json, run_at := now() - interval '1 minute')");
+    const { rows: added } = await db.pool.query<{ id: string }>(
+      "select (graphile_worker.add_job('t_quick', '{}'::json, max_attempts := 1)).id::text from generate_series(1, 5)",
+    );
+    const ids = new Set(added.map((r) => r.id));
+    const config = testConfig(db, { WORKER_CONCURRENCY: "1", WORKER_LOCAL_QUEUE_SIZE: "50", WORKER_POLL_INTERVAL_MS: "100" });
+    const worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log: testLog, crontabFile: null });
+    try {
+      await blockedStartedOnce;
+      const poolId = worker.heartbeat.id!;
+      const quick = async () => (await listJobs(db)).filter((j) => ids.has(j.id));
+      expect((await quick()).map((j) => [j.locked_by, j.attempts])).toEqual(Array(5).fill([poolId, 1]));
+      // As the clean stop calls it (here while the pool is alive, to see the hand-back alone).
+      const { rows } = await db.pool.query("select app_private.forget_worker($1) as released", [poolId]);
+      expect(rows[0].released).toBe(6);
+      expect((await quick()).map((j) => [j.locked_by, j.attempts])).toEqual(Array(5).fill([null, 0]));
+      const { rows: beats } = await db.pool.query("select count(*)::int as n from app_public.worker_processes where id = $1", [poolId]);
+      expect(beats[0].n).toBe(0);
+    } finally {
+      unblock();
+      await worker.stop();
+    }
   });
 });
