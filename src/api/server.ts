@@ -11,6 +11,7 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { createPool } from "../db/pool.ts";
+import { coalesceTransactionStart } from "./transaction-start.ts";
 import { authenticate } from "./auth.ts";
 import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
@@ -87,6 +88,7 @@ async function jobFacts(pool: pg.Pool, deadAfterMs: number): Promise<JobFacts | 
 export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
   const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
+  coalesceTransactionStart(pool);
   const development = config.mode === "development";
   // One listening connection per process for every subscription (jobEvents).
   const pgSubscriber = new PgSubscriber(pool);

@@ -160,6 +160,8 @@ export class HistoryWriter {
   private timer: NodeJS.Timeout | null = null;
   private inFlight: Promise<void> | null = null;
   private failures = 0;
+  /** flushSoon() was called while a write was under way: the next write goes without delay. */
+  private soon = false;
   private closed = false;
   private readonly maxBatch: number;
   private readonly maxPending: number;
@@ -206,6 +208,19 @@ export class HistoryWriter {
 
   get runningCount(): number {
     return this.running.size;
+  }
+
+  /**
+   * Write what is waiting now instead of at the end of the flush delay: the queue has run dry, so
+   * nothing more is coming to batch it with (the runner calls this when a fetch finds no job).
+   */
+  flushSoon(): void {
+    if (this.closed || this.pending.size === 0 || this.failures > 0) return;
+    if (this.inFlight) {
+      this.soon = true;
+      return;
+    }
+    this.writeNow();
   }
 
   /** One write of everything waiting (after any write under way); a failure leaves it queued. */
@@ -261,7 +276,12 @@ export class HistoryWriter {
       this.inFlight = null;
       if (this.pending.size > 0 && !this.timer && !this.closed) {
         const delay =
-          this.failures > 0 ? Math.min(30_000, 250 * 2 ** this.failures) : this.pending.size >= this.maxBatch ? 0 : this.options.flushDelayMs;
+          this.failures > 0
+            ? Math.min(30_000, 250 * 2 ** this.failures)
+            : this.pending.size >= this.maxBatch || this.soon
+              ? 0
+              : this.options.flushDelayMs;
+        this.soon = false;
         this.timer = setTimeout(this.onTimer, delay);
       }
     });
@@ -326,6 +346,12 @@ export class HistoryWriter {
     const fresh: unknown[] = [];
     const completed: unknown[] = [];
     for (const r of records) (this.written.has(r.id) ? completed : fresh).push(row(r));
-    await this.pool.query(WRITE, [JSON.stringify(fresh), JSON.stringify(completed), records[0]?.workerId ?? null, this.shard]);
+    // A named (prepared) statement: planned once per connection. Unnamed, planning this statement
+    // took about 2 ms, as much as writing a few hundred rows (test/bench: 19.5 -> 15.6 µs a row).
+    await this.pool.query({
+      name: "hourglass_history_write",
+      text: WRITE,
+      values: [JSON.stringify(fresh), JSON.stringify(completed), records[0]?.workerId ?? null, this.shard],
+    });
   }
 }

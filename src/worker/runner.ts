@@ -125,6 +125,11 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     running: () => history.runningCount,
   });
   heartbeat.attach(events);
+  // The queue ran dry: the last runs' history goes out now rather than after the flush delay.
+  events.on("localQueue:getJobs:complete", ({ jobs }) => {
+    if (jobs.length === 0) history.flushSoon();
+  });
+  events.on("worker:getJob:empty", () => history.flushSoon());
 
   let runner: Runner;
   try {

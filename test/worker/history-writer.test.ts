@@ -123,4 +123,27 @@ describe("job history writer", () => {
     expect(rows[0]).toEqual({ n: 1, outcome: "succeeded" });
     await w.close();
   });
+
+  it("flushSoon() writes what waits without the flush delay, also when called during a write", async () => {
+    const w = writer(60_000);
+    const a = record();
+    w.start(a);
+    w.finish(a.id, "succeeded", null, null);
+    w.flushSoon();
+    const deadline = Date.now() + 5000;
+    while ((await outcomeOf(a.id)) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(await outcomeOf(a.id)).toBe("succeeded");
+    // While a write is under way: the next one follows it at once instead of 60 s later.
+    const b = record();
+    const c = record();
+    w.start(b);
+    w.finish(b.id, "succeeded", null, null);
+    w.flushSoon();
+    w.start(c);
+    w.finish(c.id, "succeeded", null, null);
+    w.flushSoon();
+    while ((await outcomeOf(c.id)) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect([await outcomeOf(b.id), await outcomeOf(c.id)]).toEqual(["succeeded", "succeeded"]);
+    await w.close();
+  });
 });

@@ -3,7 +3,8 @@ import { setTimeout } from "node:timers/promises";
 import { z } from "zod";
 import { defineTask, resolveTask, skipped } from "../../src/worker/task.ts";
 import { REDACTED } from "../../src/worker/redact.ts";
-import { createTestDb, drainJobs, jobRuns, listJobs, makeJobsDue, type TestDb } from "../helpers/db.ts";
+import { startWorker } from "../../src/worker/runner.ts";
+import { createTestDb, drainJobs, jobRuns, listJobs, makeJobsDue, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
 beforeAll(async () => {
@@ -216,5 +217,25 @@ describe("job history", () => {
   it("leaves no run marked running once the jobs are done", async () => {
     const { rows } = await db.pool.query("select count(*)::int as n from app_public.job_runs where outcome = 'running'");
     expect(rows[0].n).toBe(0);
+  });
+
+  it("writes the last runs' history as soon as the queue runs dry, not after the flush delay", async () => {
+    const config = testConfig(db, { JOB_HISTORY_FLUSH_MS: "10000", WORKER_POLL_INTERVAL_MS: "200" });
+    const worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log: testLog, crontabFile: null });
+    try {
+      const { rows } = await db.pool.query<{ id: string }>("select (graphile_worker.add_job('t_ok', json_build_object('n', 77))).id::text");
+      const started = Date.now();
+      let runs: Awaited<ReturnType<typeof jobRuns>> = [];
+      while (Date.now() - started < 8000) {
+        runs = (await jobRuns(db, "t_ok")).filter((r) => r.job_id === rows[0]!.id);
+        if (runs.length) break;
+        await setTimeout(50);
+      }
+      expect(runs.map((r) => r.outcome)).toEqual(["succeeded"]);
+      // Well inside the 10 s flush delay: written when the next fetch found the queue empty.
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      await worker.stop();
+    }
   });
 });
