@@ -1,5 +1,5 @@
 --! Previous: sha1:f8110aeac9e93517ab4548e70d2bfcdcf8fa9c4c
---! Hash: sha1:cfc70b81bd02e1ed7cf59370a999d4cea5ea5da6
+--! Hash: sha1:a6f1d36f551b05d06d85bac95f3466480d88d7ad
 --! Message: Cheaper bulk statements and a clean worker stop that hands back its jobs
 
 -- Cheaper bulk statements (issue 4's trigger cost): per-row trigger functions without a pinned
@@ -19,7 +19,7 @@ alter function app_private.tg_exchanges__rules() reset search_path;
 alter function app_private.tg_email_deliveries__metrics() reset search_path;
 alter function app_private.tg_webhook_attempts__metrics() reset search_path;
 alter function app_private.tg_webhook_deliveries__metrics() reset search_path;
--- Called by the metrics row triggers; a SQL function without a SET clause can also be inlined.
+-- Called by the metrics row triggers, once a row: the same per-call cost.
 alter function app_private.count_metric(text, text) reset search_path;
 
 --------------------------------------------------------------------------------------------
@@ -79,12 +79,16 @@ alter function app_private.tg_exchange_purges__emit_events() set jit = off;
 -- pool still holds locked. graphile-worker 0.18's local queue cannot return the jobs waiting in it
 -- when shutdown begins (it throws "Cannot background something when the queue is already
 -- released" and sends the hand-back without waiting for it), so they could stay locked until
--- the hand-back lands or, if the pool ended first, for four hours. Those jobs were fetched
--- (which counts an attempt) but never started: the attempt is given back, as graphile-worker's
--- own hand-back does. The rows stay locked by this transaction between the unlock and the
--- attempts fix, so no other worker takes one in between.
-drop function app_private.forget_worker(text);
-create function app_private.forget_worker(id text) returns integer
+-- the hand-back lands or, if the pool ended first, for four hours. The worker passes the ids
+-- graphile-worker meant to hand back (fetched, never started): those get back the attempt their
+-- fetch counted, as graphile-worker's own hand-back does. Any other job still locked (a run whose
+-- completion write was lost) is unlocked with its attempt counted, as after a crash. The rows stay
+-- locked by this transaction between the unlock and the attempts fix, so no other worker takes
+-- one in between. (The worker waits for its pool to be idle first, so graphile-worker's own
+-- hand-back, if it is still under way, lands before this reads which jobs are locked.)
+drop function if exists app_private.forget_worker(text);
+drop function if exists app_private.forget_worker(text, bigint[]);
+create function app_private.forget_worker(id text, unstarted bigint[] default '{}') returns integer
 language plpgsql volatile
 set search_path to pg_catalog, public, pg_temp
 as $$
@@ -95,7 +99,8 @@ begin
   if cardinality(v_jobs) > 0 then
     perform graphile_worker.force_unlock_workers(array[forget_worker.id]);
     perform count(*)
-    from (select j.attempts, array_agg(j.id) as ids from graphile_worker.jobs j where j.id = any (v_jobs) group by j.attempts) g,
+    from (select j.attempts, array_agg(j.id) as ids from graphile_worker.jobs j
+          where j.id = any (v_jobs) and j.id = any (unstarted) group by j.attempts) g,
       lateral graphile_worker.reschedule_jobs(g.ids, attempts := greatest(0, g.attempts - 1)) r;
     perform pg_notify('jobs:insert', json_build_object('r', random(), 'count', cardinality(v_jobs))::text);
   end if;
@@ -103,4 +108,4 @@ begin
   return cardinality(v_jobs);
 end;
 $$;
-comment on function app_private.forget_worker(text) is E'A worker process that stopped cleanly (none of its jobs still running) removes its heartbeat and hands back, with their attempt, the jobs its pool still holds locked (fetched, never started). Returns how many it handed back.';
+comment on function app_private.forget_worker(text, bigint[]) is E'A worker process that stopped cleanly (none of its jobs still running) removes its heartbeat and unlocks the jobs its pool still holds; those in unstarted (fetched, never started) get back the attempt their fetch counted. Returns how many it unlocked.';

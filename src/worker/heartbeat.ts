@@ -85,12 +85,13 @@ export class Heartbeat {
 
   /**
    * Stops beating. After a clean stop (no job of this process still running) the heartbeat is
-   * removed, a clean stop not being a death, and any job the pool still holds locked is handed
-   * back (graphile-worker 0.18 can leave its local queue's jobs locked at shutdown). Otherwise
+   * removed, a clean stop not being a death, and any job the pool still holds locked is unlocked
+   * (graphile-worker 0.18 can leave its local queue's jobs locked at shutdown); `unstarted` are
+   * the ids it meant to hand back, which get back the attempt their fetch counted. Otherwise
    * the heartbeat stays: it goes silent, and a live worker's recovery releases the jobs and
    * marks their runs abandoned once it is judged dead.
    */
-  async stop(clean = true): Promise<void> {
+  async stop(clean = true, unstarted: readonly string[] = []): Promise<void> {
     this.#stopped = true;
     for (const t of this.#timers) clearInterval(t);
     if (!this.#id) return;
@@ -99,9 +100,12 @@ export class Heartbeat {
       return;
     }
     try {
-      const { rows } = await this.#pool.query<{ released: number }>("select app_private.forget_worker($1) as released", [this.#id]);
+      const { rows } = await this.#pool.query<{ released: number }>("select app_private.forget_worker($1, $2::bigint[]) as released", [
+        this.#id,
+        unstarted,
+      ]);
       const released = rows[0]?.released ?? 0;
-      if (released > 0) this.#log.info("handed back jobs still locked by this worker at shutdown (fetched, never started)", { released });
+      if (released > 0) this.#log.info("unlocked jobs this worker still held at shutdown", { released });
     } catch (err) {
       this.#log.warn("could not remove the heartbeat", { err });
     }

@@ -19,7 +19,7 @@ import os from "node:os";
 import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import type pg from "pg";
 import type { Config } from "../config.ts";
-import { isLocalQueueReleaseBug, workerLogger, type Logger } from "../log.ts";
+import { workerLogger, type Logger } from "../log.ts";
 import { createPool, retryOnConnectionLoss, warmPool } from "../db/pool.ts";
 import { HistoryWriter } from "./history.ts";
 import { loadCrontab } from "./crontab.ts";
@@ -52,6 +52,14 @@ export interface WorkerHandle {
   isRunning(): boolean;
   /** Graceful: finish running jobs, return unstarted ones, write history, end the pool. */
   stop(): Promise<void>;
+}
+
+/** Resolves once no client of the pool is checked out (or after timeoutMs). */
+async function untilIdle(pool: pg.Pool, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while ((pool.totalCount > pool.idleCount || pool.waitingCount > 0) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 export function selectTasks(all: readonly ResolvedTask[], only: readonly string[] | null): ResolvedTask[] {
@@ -125,6 +133,13 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     running: () => history.runningCount,
   });
   heartbeat.attach(events);
+  // The jobs graphile-worker hands back at shutdown (fetched, never started): if its hand-back
+  // does not land, the clean stop unlocks them and gives back their attempt (forget_worker).
+  let shuttingDown = false;
+  const handingBack = new Set<string>();
+  events.on("localQueue:returnJobs", ({ jobs }) => {
+    if (shuttingDown) for (const job of jobs) handingBack.add(String(job.id));
+  });
   // The queue ran dry: the last runs' history goes out now rather than after the flush delay.
   events.on("localQueue:getJobs:complete", ({ jobs }) => {
     if (jobs.length === 0) history.flushSoon();
@@ -179,6 +194,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
+      shuttingDown = true;
       log.info("worker stopping: finishing running jobs", { running: history.runningCount });
       const timeout = setTimeout(() => {
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
@@ -191,14 +207,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         if (running) await runner.stop();
         await finished;
       } catch (err) {
-        if (isLocalQueueReleaseBug(err)) {
-          log.warn("graphile-worker could not hand back the jobs waiting in its local queue (a known 0.18 shutdown bug); handing them back below");
-        } else {
-          log.error("worker did not stop cleanly", { err });
-        }
+        log.error("worker did not stop cleanly", { err });
       } finally {
         clearTimeout(timeout);
-        await heartbeat.stop(!forced && history.runningCount === 0);
+        const clean = !forced && history.runningCount === 0;
+        // graphile-worker's hand-back of its local queue may still be under way (it does not wait
+        // for it, see app_private.forget_worker): let it land before looking at what stays locked.
+        if (clean) await untilIdle(pool, 2000);
+        await heartbeat.stop(clean, [...handingBack]);
         await history.close();
         closeServices();
         await Promise.all([pool.end(), historyPool.end()]);

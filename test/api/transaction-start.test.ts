@@ -52,15 +52,35 @@ describe("a GraphQL request's transaction start", () => {
     expect(trips).toBe(4);
   });
 
-  it("escapes the settings: a quote in a value arrives as written", async () => {
+  it("escapes the settings: quotes, backslashes and replacement patterns in a value arrive as written", async () => {
+    // `$'` `$&` `$$` would be patterns if the literal were put in with String.replace.
+    const value = "it's \\ 'quoted' $' $& $$ $1 ') el; select pg_sleep(5); --";
     const { result } = await roundTrips(async (c) => {
       await c.query({ text: ADAPTOR_BEGIN });
-      await c.query({ text: ADAPTOR_SETTINGS, values: [JSON.stringify([["hourglass.client_address", "it's \\ 'quoted'"]])] });
+      await c.query({ text: ADAPTOR_SETTINGS, values: [JSON.stringify([["hourglass.client_address", value]])] });
       const { rows } = await c.query("select current_setting('hourglass.client_address') as v");
       await c.query({ text: "rollback" });
       return rows[0].v;
     });
-    expect(result).toBe("it's \\ 'quoted'");
+    expect(result).toBe(value);
+  });
+
+  it("answers callback-style calls too, never synchronously", async () => {
+    const c = await pool.connect();
+    try {
+      let sync = true;
+      const answered = new Promise<string>((resolve, reject) =>
+        (c.query as unknown as (text: string, cb: (err: Error | null, r: { command: string }) => void) => void)(ADAPTOR_BEGIN, (err, r) =>
+          err ? reject(err) : resolve(`${r.command} ${sync ? "sync" : "async"}`)),
+      );
+      sync = false;
+      expect(await answered).toBe("BEGIN async");
+      const { rows } = await c.query("select 1 as one");
+      expect(rows).toEqual([{ one: 1 }]);
+      await c.query("rollback");
+    } finally {
+      c.release();
+    }
   });
 
   it("a failing setting fails the statement and the rollback leaves the connection usable", async () => {
@@ -87,6 +107,26 @@ describe("a GraphQL request's transaction start", () => {
     });
     expect((await pool.query("select count(*)::int as n from public.coalesce_probe")).rows[0].n).toBe(0);
     expect(trips).toBe(3);
+  });
+
+  it("a client released with a begin held back starts its next checkout outside any transaction", async () => {
+    await db.pool.query(`create table if not exists public.coalesce_probe (n int);
+      grant usage on schema public to ${db.run.roles.authenticator}; grant select, insert on public.coalesce_probe to ${db.run.roles.authenticator}`);
+    const single = new pg.Pool({ connectionString: db.authUrl, max: 1 });
+    coalesceTransactionStart(single);
+    try {
+      const first = await single.connect();
+      await first.query({ text: ADAPTOR_BEGIN });
+      first.release();
+      const again = await single.connect();
+      expect(again).toBe(first);
+      await again.query("insert into public.coalesce_probe values (42)");
+      again.release();
+      // Committed on its own: another session sees it.
+      expect((await db.pool.query("select count(*)::int as n from public.coalesce_probe where n = 42")).rows[0].n).toBe(1);
+    } finally {
+      await single.end();
+    }
   });
 
   it("matches the statements PostGraphile's pg adaptor sends", () => {

@@ -17,6 +17,8 @@ const startedOnce = new Promise<void>((r) => (started = r));
 let runs = 0;
 let heldStarted: () => void;
 const heldStartedOnce = new Promise<void>((r) => (heldStarted = r));
+let releaseHeld: () => void;
+const heldReleased = new Promise<void>((r) => (releaseHeld = r));
 let blockedStarted: () => void;
 const blockedStartedOnce = new Promise<void>((r) => (blockedStarted = r));
 let unblock: () => void;
@@ -38,7 +40,7 @@ const tasks = [
     payload: z.object({}),
     async run() {
       heldStarted();
-      await new Promise((r) => setTimeout(r, 500));
+      await heldReleased;
     },
   })),
   resolveTask("t_blocks", defineTask({
@@ -94,7 +96,11 @@ describe("graceful shutdown", () => {
     await heldStartedOnce;
     const { rows: held } = await db.pool.query("select count(*)::int as n from graphile_worker.jobs where task_identifier = 't_quick' and locked_by is not null");
     expect(held[0].n).toBe(10);
-    await worker.stop();
+    // Shutdown begins while the slot is busy and the ten wait in the local queue.
+    const stopped = worker.stop();
+    await new Promise((r) => setTimeout(r, 50));
+    releaseHeld();
+    await stopped;
 
     const jobs = await listJobs(db);
     expect(jobs.filter((j) => j.task_identifier === "t_holds_the_slot")).toEqual([]);
@@ -105,7 +111,7 @@ describe("graceful shutdown", () => {
     await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs))");
   });
 
-  it("app_private.forget_worker hands back the jobs a pool still holds, with the attempt its fetch counted", async () => {
+  it("app_private.forget_worker unlocks the jobs a pool still holds; the unstarted ones get their attempt back", async () => {
     await db.pool.query("select graphile_worker.add_job('t_blocks', '{}'::json, run_at := now() - interval '1 minute')");
     const { rows: added } = await db.pool.query<{ id: string }>(
       "select (graphile_worker.add_job('t_quick', '{}'::json, max_attempts := 1)).id::text from generate_series(1, 5)",
@@ -118,10 +124,14 @@ describe("graceful shutdown", () => {
       const poolId = worker.heartbeat.id!;
       const quick = async () => (await listJobs(db)).filter((j) => ids.has(j.id));
       expect((await quick()).map((j) => [j.locked_by, j.attempts])).toEqual(Array(5).fill([poolId, 1]));
-      // As the clean stop calls it (here while the pool is alive, to see the hand-back alone).
-      const { rows } = await db.pool.query("select app_private.forget_worker($1) as released", [poolId]);
+      // As the clean stop calls it (here while the pool is alive, to see the hand-back alone),
+      // naming the five quick jobs as never started.
+      const { rows } = await db.pool.query("select app_private.forget_worker($1, $2::bigint[]) as released", [poolId, [...ids]]);
       expect(rows[0].released).toBe(6);
       expect((await quick()).map((j) => [j.locked_by, j.attempts])).toEqual(Array(5).fill([null, 0]));
+      // The running one is unlocked (in a clean stop it would not be running) with its attempt counted.
+      const { rows: blocked } = await db.pool.query("select locked_by, attempts from graphile_worker.jobs where task_identifier = 't_blocks'");
+      expect(blocked).toEqual([{ locked_by: null, attempts: 1 }]);
       const { rows: beats } = await db.pool.query("select count(*)::int as n from app_public.worker_processes where id = $1", [poolId]);
       expect(beats[0].n).toBe(0);
     } finally {
