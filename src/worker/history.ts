@@ -44,6 +44,8 @@ export interface RunRecord {
   outcome: Outcome;
   error: string | null;
   result: Record<string, unknown> | null;
+  /** performance.now() at the start, for a monotonic duration; not written. */
+  clock?: number;
 }
 
 // One statement per batch, each row a positional JSON array (half the bytes of keyed objects, and
@@ -151,8 +153,6 @@ export interface HistoryOptions {
 export class HistoryWriter {
   /** Runs in progress, by record id: needed to complete a row already written as `running`. */
   private readonly running = new Map<string, RunRecord>();
-  /** Monotonic start times, for durations that wall-clock adjustments cannot distort. */
-  private readonly clocks = new Map<string, number>();
   /** Runs whose `running` row is in the database, so their completion must update it. */
   private readonly written = new Set<string>();
   /** Records waiting to be written; a later version of a record replaces an earlier one. */
@@ -178,8 +178,8 @@ export class HistoryWriter {
   }
 
   start(record: RunRecord): void {
+    record.clock ??= performance.now();
     this.running.set(record.id, record);
-    this.clocks.set(record.id, performance.now());
     this.enqueue(record);
   }
 
@@ -187,8 +187,8 @@ export class HistoryWriter {
     const record = this.running.get(id);
     if (!record) return;
     this.running.delete(id);
-    const durationMs = Math.max(0, performance.now() - (this.clocks.get(id) ?? performance.now()));
-    this.clocks.delete(id);
+    // Monotonic, so that wall-clock adjustments cannot distort it.
+    const durationMs = Math.max(0, performance.now() - (record.clock ?? performance.now()));
     if (this.pending.get(id) === record) {
       // Its start is still waiting to be written (the common case for short jobs): complete it in
       // place. A record in a write under way is never mutated; it gets a completed copy instead.

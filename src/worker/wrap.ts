@@ -174,6 +174,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
     const job = helpers.job;
     const id = uuidv7();
     const queueName = job.job_queue_id === null ? null : await helpers.getQueueName();
+    const started = performance.now();
     history.start({
       id,
       jobId: job.id,
@@ -190,6 +191,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       outcome: "running",
       error: null,
       result: null,
+      clock: started,
     });
     const ctx = new JobContext(helpers, taskLog, runtime, rawPayload);
 
@@ -209,20 +211,22 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       return;
     }
 
-    const started = performance.now();
-    let soft: NodeJS.Timeout | undefined;
-    let hard: NodeJS.Timeout | undefined;
+    // One timer at a time (a timer costs more than anything else here per job): the soft limit's,
+    // which arms the hard limit's for the time left.
+    let timer: NodeJS.Timeout | undefined;
     try {
       const result = await new Promise<TaskResult>((resolve, reject) => {
-        soft = setTimeout(() => {
-          ctx.log.warn("job reached its soft time limit; its abort signal fired", { softTimeLimitMs: task.softTimeLimitMs });
-          ctx.windDown(new TaskSoftTimeoutError(softMessage));
-        }, task.softTimeLimitMs);
-        hard = setTimeout(() => {
+        const expire = () => {
           const err = new TaskTimeoutError(timeoutMessage);
           ctx.expire(err);
           reject(err);
-        }, task.timeLimitMs);
+        };
+        const armed = performance.now();
+        timer = setTimeout(() => {
+          ctx.log.warn("job reached its soft time limit; its abort signal fired", { softTimeLimitMs: task.softTimeLimitMs });
+          ctx.windDown(new TaskSoftTimeoutError(softMessage));
+          timer = setTimeout(expire, Math.max(0, task.timeLimitMs - (performance.now() - armed)));
+        }, task.softTimeLimitMs);
         task.run(parsed.data, ctx).then(resolve, reject);
       });
       if (isSkipped(result)) {
@@ -250,8 +254,7 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
       history.finish(id, outcome, error, null);
       throw err;
     } finally {
-      clearTimeout(soft);
-      clearTimeout(hard);
+      clearTimeout(timer);
     }
   };
 }
