@@ -109,7 +109,12 @@ function url(env: Env, name: string, schemes: readonly string[]): string | null 
   try {
     parsed = new URL(raw);
   } catch {
-    throw new ConfigError(`${name} is not a valid URL`);
+    // libpq accepts an empty host before the path (postgresql://user@/db?host=/run/postgresql);
+    // WHATWG URLs, which the rest of Hourglass uses, do not: say which form works.
+    const socketHint = /^postgres(ql)?:\/\/[^/]*@\//.test(raw)
+      ? " (for a Unix socket, name a host and put the socket directory in ?host=, e.g. postgresql://user@localhost/db?host=/var/run/postgresql)"
+      : "";
+    throw new ConfigError(`${name} is not a valid URL${socketHint}`);
   }
   if (!schemes.includes(parsed.protocol.slice(0, -1))) {
     throw new ConfigError(`${name} must be a ${schemes.map((s) => `${s}://`).join(" or ")} URL, got protocol ${parsed.protocol}`);
