@@ -79,7 +79,7 @@ function withoutPayloads(meta: Fields): Fields {
  * something when the queue is already released" from its hand-back and fails the graceful
  * shutdown with it (the jobs finished meanwhile are completed as usual).
  */
-export function isLocalQueueReleaseBug(err: unknown): boolean {
+function isLocalQueueReleaseBug(err: unknown): boolean {
   const seen = new Set<unknown>();
   const errors = (e: unknown): unknown[] => {
     if (!(e instanceof Error) || seen.has(e)) return [];

@@ -17,7 +17,7 @@
 // ends (ADMIN) soon after its session expires, is logged out or loses admin rights. If the LISTEN
 // connection drops, or the listener row cannot be refreshed before it expires, every subscription
 // ends with EVINT rather than silently missing events; clients resubscribe (the dashboard does,
-// with backoff) and re-read state.
+// after 5 s) and re-read state.
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type pg from "pg";
@@ -25,6 +25,7 @@ import { context, lambda, listen, type GrafastSubscriber } from "postgraphile/gr
 import type { Logger } from "../log.ts";
 import { extendSchema, gql } from "postgraphile/utils";
 import { CodedError } from "./trigger.ts";
+import { scheduleIdOfJobKey } from "../worker/crontab.ts";
 
 export const JOB_EVENTS_CHANNEL = "hourglass:job_events";
 
@@ -86,7 +87,7 @@ export function parseEvents(payload: unknown): JobEvent[] {
     const events = parsed.filter((e): e is JobEvent => typeof e === "object" && e !== null && typeof e.kind === "string");
     // A crontab entry's jobs carry its id in their key (cron:<id>); Postgres leaves it out of the
     // event to keep notifications small.
-    for (const e of events) if (e.scheduleId === undefined && e.jobKey?.startsWith("cron:")) e.scheduleId = e.jobKey.slice(5);
+    for (const e of events) e.scheduleId ??= scheduleIdOfJobKey(e.jobKey) ?? undefined;
     return events;
   } catch {
     return [];
@@ -200,9 +201,9 @@ export class JobEventListeners {
 }
 
 
-/** One subscription's end of the hub: the notifications' payloads, in order. */
+/** One subscription's end of the hub: the notifications' events, in order. */
 interface Sink {
-  push(payload: unknown): void;
+  push(events: readonly JobEvent[]): void;
   /** The stream was interrupted: nothing more will come. */
   fail(): void;
 }
@@ -213,7 +214,7 @@ interface Sink {
  * iterators while removing them from the array it is walking, so every other one is skipped and
  * left open, silently missing events. With a single iterator here, every subscription is told.
  */
-export class JobEventHub {
+class JobEventHub {
   static #hubs = new WeakMap<object, JobEventHub>();
   /** The hub of a subscriber (one per PostGraphile service). */
   static of(source: GrafastSubscriber): JobEventHub {
@@ -276,7 +277,10 @@ export class JobEventHub {
         for (const sink of sinks) sink.fail();
         return;
       }
-      for (const sink of [...this.#sinks]) sink.push(message.value);
+      // Parsed once for every subscription (they only read the events).
+      const events = parseEvents(message.value);
+      if (events.length === 0) continue;
+      for (const sink of [...this.#sinks]) sink.push(events);
     }
   }
 }
@@ -304,8 +308,8 @@ export class FilteredJobEvents {
   async subscribe(topic: string): Promise<AsyncIterableIterator<JobEvent>> {
     const filter = JSON.parse(topic) as JobEventFilter;
     await this.#authorize();
-    // Notifications waiting to be read, and the reader waiting for one.
-    const payloads: unknown[] = [];
+    // Notifications' events waiting to be read, and the reader waiting for them.
+    const payloads: (readonly JobEvent[])[] = [];
     let state: "open" | "interrupted" | "ended" = "open";
     let wake: (() => void) | null = null;
     const notify = () => {
@@ -314,8 +318,8 @@ export class FilteredJobEvents {
       w?.();
     };
     const sink: Sink = {
-      push(payload) {
-        payloads.push(payload);
+      push(events) {
+        payloads.push(events);
         notify();
       },
       fail() {
@@ -356,7 +360,7 @@ export class FilteredJobEvents {
             await new Promise<void>((resolve) => (wake = resolve));
             continue;
           }
-          const payload = payloads.shift();
+          const events = payloads.shift()!;
           if (Date.now() - checkedAt >= recheckMs) {
             try {
               await authorize();
@@ -366,7 +370,7 @@ export class FilteredJobEvents {
             }
             checkedAt = Date.now();
           }
-          for (const e of parseEvents(payload)) if (matchesFilter(e, filter)) ready.push(e);
+          for (const e of events) if (matchesFilter(e, filter)) ready.push(e);
         }
       },
       async return(): Promise<IteratorResult<JobEvent>> {

@@ -35,7 +35,11 @@ export async function loadCrontab(tasks: readonly ResolvedTask[], file = CRONTAB
   });
 }
 
-export const cronJobKey = (id: string) => `cron:${id}`;
+const CRON_KEY_PREFIX = "cron:";
+export const cronJobKey = (id: string) => `${CRON_KEY_PREFIX}${id}`;
+/** The crontab entry a job key belongs to (cron:<id>), or null for any other key. */
+export const scheduleIdOfJobKey = (key: string | null | undefined): string | null =>
+  key?.startsWith(CRON_KEY_PREFIX) ? key.slice(CRON_KEY_PREFIX.length) : null;
 
 export interface ScheduleEntry {
   id: string;

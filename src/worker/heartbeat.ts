@@ -91,7 +91,7 @@ export class Heartbeat {
    * the heartbeat stays: it goes silent, and a live worker's recovery releases the jobs and
    * marks their runs abandoned once it is judged dead.
    */
-  async stop(clean = true, unstarted: readonly string[] = []): Promise<void> {
+  async stop(clean: boolean, unstarted: readonly string[] = []): Promise<void> {
     this.#stopped = true;
     for (const t of this.#timers) clearInterval(t);
     if (!this.#id) return;

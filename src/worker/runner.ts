@@ -135,6 +135,8 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   heartbeat.attach(events);
   // The jobs graphile-worker hands back at shutdown (fetched, never started): if its hand-back
   // does not land, the clean stop unlocks them and gives back their attempt (forget_worker).
+  // (A flag, not `stopping`: graphile-worker can emit this synchronously inside runner.stop(),
+  // before the promise is assigned.)
   let shuttingDown = false;
   const handingBack = new Set<string>();
   events.on("localQueue:returnJobs", ({ jobs }) => {

@@ -15,6 +15,7 @@ import { errorText, redact } from "./redact.ts";
 import { isSkipped, PermanentFailure, type EnqueueOptions, type ResolvedTask, type TaskContext, type TaskResult } from "./task.ts";
 import type { Services } from "./services.ts";
 import { uuidv7 } from "../db/uuidv7.ts";
+import { scheduleIdOfJobKey } from "./crontab.ts";
 
 export interface WrapRuntime {
   history: HistoryWriter;
@@ -204,7 +205,8 @@ export function wrapTask(task: ResolvedTask, runtime: WrapRuntime): Task {
     }
 
     // A crontab job of a paused schedule: recorded as skipped, not run.
-    const paused = ctx.cron && job.key?.startsWith("cron:") ? await pausedSchedule(helpers, job.key.slice(5), ctx.log) : null;
+    const scheduleId = ctx.cron ? scheduleIdOfJobKey(job.key) : null;
+    const paused = scheduleId ? await pausedSchedule(helpers, scheduleId, ctx.log) : null;
     if (paused) {
       ctx.log.info("job skipped: its schedule is paused", { schedule: paused.id });
       history.finish(id, "skipped", null, { skipped: `schedule ${paused.id} is paused${paused.reason ? `: ${paused.reason}` : ""}` });

@@ -14,7 +14,7 @@ export interface Connection {
 }
 
 /** Whether the API refused the token (expired, signed out elsewhere). */
-export function isUnauthenticated(error: CombinedError | undefined): boolean {
+function isUnauthenticated(error: CombinedError | undefined): boolean {
   return !!error?.graphQLErrors.some((e) => e.extensions?.code === "UNAUTHENTICATED") || error?.response?.status === 401;
 }
 

@@ -38,8 +38,10 @@ export function useLiveRefresh(refresh: () => void, concerns: (event: JobEvent) 
     let timer: ReturnType<typeof setTimeout> | undefined;
     let first = 0;
     const listener: Listener = (event) => {
-      // An overflow event stands for more changes than were sent one by one: everyone re-reads.
-      if (event !== "reconnected" && event.kind !== "overflow" && !latest.current.concerns(event)) return;
+      // An overflow event stands for more changes than were sent one by one, and an admin's action
+      // (a cancel, a reschedule) names its target only as text: everyone re-reads.
+      const everyone = event === "reconnected" || event.kind === "overflow" || event.kind === "admin_action";
+      if (!everyone && !latest.current.concerns(event)) return;
       const now = Date.now();
       if (timer === undefined) first = now;
       clearTimeout(timer);
