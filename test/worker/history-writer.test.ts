@@ -3,7 +3,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../src/log.ts";
 import { createPool } from "../../src/db/pool.ts";
 import { uuidv7 } from "../../src/db/uuidv7.ts";
-import { HistoryWriter, type RunRecord } from "../../src/worker/history.ts";
+import { freshTotals, HistoryWriter, type RunRecord } from "../../src/worker/history.ts";
+import { DURATION_BUCKETS_MS, LATENESS_BUCKETS_MS } from "../../src/metrics/buckets.ts";
 import { createTestDb, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
@@ -145,5 +146,69 @@ describe("job history writer", () => {
     while ((await outcomeOf(c.id)) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     expect([await outcomeOf(b.id), await outcomeOf(c.id)]).toEqual(["succeeded", "succeeded"]);
     await w.close();
+  });
+
+  it("adds to the metrics and the rollups exactly what its rows say, whether inserted or completed", async () => {
+    const w = writer(60_000);
+    // Runs of a task of their own, ending on both sides of a minute (and hour) boundary, late,
+    // on time, early (due later: lateness 0) and without run_at; some first written as running.
+    const boundary = Math.floor(Date.now() / 3_600_000) * 3_600_000;
+    const outcomes = ["succeeded", "failed_retrying", "skipped", "timed_out"] as const;
+    const records: { r: RunRecord; ms: number; outcome: (typeof outcomes)[number] }[] = [];
+    for (let i = 0; i < 40; i++) {
+      const startedAt = boundary - 20 + i;
+      const runAt = [null, startedAt - 7, startedAt - 3000, startedAt + 50][(i >> 2) % 4]!;
+      records.push({ r: record({ task: "t_totals", startedAt, runAt }), ms: [0.2, 3, 12, 40, 260][i % 5]!, outcome: outcomes[i % 4]! });
+    }
+    const completedLater = records.filter((_, i) => i % 3 === 0);
+    for (const { r, ms } of records) w.start({ ...r, clock: performance.now() - ms });
+    for (const x of completedLater) w.finish(x.r.id, x.outcome, null, null);
+    await w.flush(); // the rest are written as running
+    for (const x of records) if (!completedLater.includes(x)) w.finish(x.r.id, x.outcome, null, null);
+    await w.flush(); // and completed by the upsert
+    await w.close();
+
+    const sumArrays = (column: string) => `array(select sum(v)::int from (select unnest(${column}) v, generate_subscripts(${column}, 1) i
+      from app_private.job_metrics m2 where m2.task_identifier = m.task_identifier and m2.outcome = m.outcome) u group by i order by i)`;
+    const { rows: metrics } = await db.pool.query(`select outcome, sum(runs)::int as runs, round(sum(duration_sum_ms)::numeric, 6) as d_sum,
+        ${sumArrays("duration_buckets")} as d, sum(lateness_count)::int as l_count, round(sum(lateness_sum_ms)::numeric, 6) as l_sum,
+        ${sumArrays("lateness_buckets")} as l
+      from app_private.job_metrics m where task_identifier = 't_totals' group by task_identifier, outcome order by outcome`);
+    const counts = (value: string, bounds: readonly number[]) =>
+      `array[${bounds.map((b) => `count(*) filter (where ${value} <= ${b})::int`).join(", ")}]`;
+    const { rows: expected } = await db.pool.query(`select outcome, count(*)::int as runs, round(sum(duration_ms)::numeric, 6) as d_sum,
+        ${counts("duration_ms", DURATION_BUCKETS_MS)} as d, count(l)::int as l_count, round(coalesce(sum(l), 0)::numeric, 6) as l_sum,
+        ${counts("l", LATENESS_BUCKETS_MS)} as l
+      from (select *, case when run_at is not null then greatest(0, extract(epoch from started_at - run_at) * 1000) end as l from app_public.job_runs where task_identifier = 't_totals') r
+      group by outcome order by outcome`);
+    expect(expected.map((r) => [r.outcome, r.runs])).toEqual(outcomes.map((o) => [o, 10]).sort());
+    expect(metrics).toEqual(expected);
+
+    for (const [table, unit] of [["app_private.job_runs_per_minute", "minute"], ["app_private.job_runs_per_hour", "hour"]] as const) {
+      const { rows: rollup } = await db.pool.query(`select bucket, outcome, sum(runs)::int as runs, round(sum(duration_sum_ms)::numeric, 6) as d_sum,
+          round(max(duration_max_ms)::numeric, 6) as d_max
+        from ${table} where task_identifier = 't_totals' group by 1, 2 order by 1, 2`);
+      const { rows: counted } = await db.pool.query(`select date_trunc('${unit}', finished_at, 'UTC') as bucket, outcome, count(*)::int as runs,
+          round(sum(duration_ms)::numeric, 6) as d_sum, round(max(duration_ms)::numeric, 6) as d_max
+        from app_public.job_runs where task_identifier = 't_totals' group by 1, 2 order by 1, 2`);
+      expect(rollup).toEqual(counted);
+      expect(new Set(counted.map((r) => r.bucket.getTime())).size).toBe(2); // both sides of the boundary
+    }
+  });
+
+  it("counts a value on a histogram bound in that bound's bucket", () => {
+    const at = Date.now();
+    const totals = freshTotals([
+      record({ outcome: "succeeded", durationMs: 5, startedAt: at, runAt: at - 10 }),
+      record({ outcome: "succeeded", durationMs: 5.001, startedAt: at, runAt: at - 11 }),
+      record({ outcome: "running", durationMs: null }),
+      record({ outcome: "abandoned", durationMs: 1 }),
+    ]);
+    expect(totals.metrics).toHaveLength(1);
+    const m = totals.metrics[0]!;
+    expect(m.runs).toBe(2);
+    expect(m.d_buckets.slice(0, 3)).toEqual([0, 1, 2]); // <= 1, <= 5, <= 10
+    expect(m.l_buckets.slice(0, 3)).toEqual([0, 1, 2]); // <= 5, <= 10, <= 25
+    expect(m.d_buckets.at(-1)).toBe(2);
   });
 });
