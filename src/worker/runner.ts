@@ -142,6 +142,12 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   events.on("localQueue:returnJobs", ({ jobs }) => {
     if (shuttingDown) for (const job of jobs) handingBack.add(String(job.id));
   });
+  // The local queue went to fetch its next batch: while the database answers, this process has
+  // nothing to run, so that is when the finished runs' history is built and sent (after the
+  // fetch's own query has gone out: setImmediate). See HistoryWriter.flushFinished.
+  events.on("localQueue:setMode", ({ newMode }) => {
+    if (newMode === "POLLING") setImmediate(history.flushFinished);
+  });
   // The queue ran dry: the last runs' history goes out now rather than after the flush delay.
   events.on("localQueue:getJobs:complete", ({ jobs }) => {
     if (jobs.length === 0) history.flushSoon();

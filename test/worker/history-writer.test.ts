@@ -148,6 +148,27 @@ describe("job history writer", () => {
     await w.close();
   });
 
+  it("flushFinished() writes the finished runs now and keeps those still running for a later write", async () => {
+    const w = writer(60_000);
+    const running = record();
+    const done = record();
+    w.start(running);
+    w.start(done);
+    w.finish(done.id, "succeeded", null, null);
+    w.flushFinished();
+    const deadline = Date.now() + 5000;
+    while ((await outcomeOf(done.id)) === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(await outcomeOf(done.id)).toBe("succeeded");
+    expect(await outcomeOf(running.id)).toBeUndefined();
+    w.flushFinished(); // nothing finished: writes nothing
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await outcomeOf(running.id)).toBeUndefined();
+    w.finish(running.id, "failed_retrying", "boom", null);
+    await w.flush();
+    expect(await outcomeOf(running.id)).toBe("failed_retrying");
+    await w.close();
+  });
+
   it("adds to the metrics and the rollups exactly what its rows say, whether inserted or completed", async () => {
     const w = writer(60_000);
     // Runs of a task of their own, ending on both sides of a minute (and hour) boundary, late,
