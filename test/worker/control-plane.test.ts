@@ -4,6 +4,7 @@
 // and the overview behind GraphQL and /healthz. Admins only, audited.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
+import { parseCrontab } from "graphile-worker";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { loadCrontab } from "../../src/worker/crontab.ts";
@@ -130,6 +131,25 @@ describe("schedules: next and last run, run now", () => {
     expect(await next("15,45 9-17 * * 1-5", "2026-11-27T17:50:00Z")).toBe("2026-11-30T09:15:00.000Z");
     expect(await next("0 8 * * 7", "2026-11-24T00:00:00Z")).toBe("2026-11-29T08:00:00.000Z");
     expect(await next("0 0 29 2 *", "2026-11-24T00:00:00Z")).toBe("2028-02-29T00:00:00.000Z");
+    // From many points of a day (every hour and minute field value lands before, on and after
+    // the current time), against graphile-worker's matcher for the same lines.
+    const patterns = ["* * * * *", "*/5 * * * *", "17 * * * *", "15,45 9-17 * * 1-5", "30 */6 * * *", "0 8 * * 1", "59 23 * * *", "0 0 1 * *"];
+    const afters = Array.from({ length: 120 }, (_, i) => new Date(Date.UTC(2026, 10, 27, 0, 0, 31) + i * 37 * 60_000));
+    const { rows: computed } = await db.pool.query<{ pattern: string; after: Date; next: Date }>(
+      "select p as pattern, a as after, app_hidden.cron_next_run(p, a) as next from unnest($1::text[]) p, unnest($2::timestamptz[]) a",
+      [patterns, afters],
+    );
+    const parsed = parseCrontab(patterns.map((p, i) => `${p} t_probe ?id=probe_${i}`).join("\n"));
+    for (const [i, pattern] of patterns.entries()) {
+      for (const after of afters) {
+        let t = new Date(Math.floor(after.getTime() / 60_000) * 60_000 + 60_000);
+        for (let n = 0; n < 40 * 24 * 60; n++, t = new Date(t.getTime() + 60_000)) {
+          if (parsed[i]!.match({ min: t.getUTCMinutes(), hour: t.getUTCHours(), date: t.getUTCDate(), month: t.getUTCMonth() + 1, dow: t.getUTCDay() })) break;
+        }
+        const row = computed.find((r) => r.pattern === pattern && r.after.getTime() === after.getTime())!;
+        expect([pattern, after.toISOString(), row.next.toISOString()]).toEqual([pattern, after.toISOString(), t.toISOString()]);
+      }
+    }
     const codeOf = (sql: string) => db.pool.query(sql).then(() => "accepted", (err: { code?: string }) => err.code);
     expect(await codeOf("select app_hidden.cron_next_run('* * *', now())")).toBe("CRONP");
     expect(await codeOf("select app_hidden.cron_values('5/x', 0, 59)")).toBe("CRONP");
