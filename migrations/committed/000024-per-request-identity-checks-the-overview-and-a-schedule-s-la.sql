@@ -1,6 +1,6 @@
 --! Previous: sha1:a6f1d36f551b05d06d85bac95f3466480d88d7ad
---! Hash: sha1:0aa10403b7adc86382010fea6c94381eb1bc9138
---! Message: Per-request identity checks and a schedule's last run in PL/pgSQL, and a cheaper next run
+--! Hash: sha1:04aa29edaddb53a218bf3e804f3895ad13af0a83
+--! Message: Per-request identity checks, the overview and a schedule's last run in PL/pgSQL, and a cheaper next run
 
 -- Cheaper per-request checks, and the schedules' nextRunAt.
 --
@@ -62,6 +62,34 @@ begin
     return null;
   end if;
   return v_run;
+end;
+$$;
+
+-- The overview (jobOverview, /healthz) likewise: planning its three counts took about 0.5 ms of
+-- each call on PostgreSQL 15; in PL/pgSQL the plan is kept.
+create or replace function app_hidden.job_health(dead_after interval default interval '30 seconds') returns app_public.job_overview
+language plpgsql stable security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_overview app_public.job_overview;
+begin
+  select q.queued, q.scheduled, q.running, q.failed, q.oldest_due_at,
+         extract(epoch from now() - q.oldest_due_at)::double precision,
+         f.n, w.n, w.n > 0, now()
+  into v_overview
+  from (
+    select count(*) filter (where state = 'queued')::integer as queued,
+           count(*) filter (where state = 'scheduled')::integer as scheduled,
+           count(*) filter (where state = 'running')::integer as running,
+           count(*) filter (where state = 'failed')::integer as failed,
+           min(run_at) filter (where state = 'queued') as oldest_due_at
+    from app_private.job_states
+  ) q,
+  (select count(*)::integer as n from app_public.job_runs r
+   where r.outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned') and r.started_at > now() - interval '24 hours') f,
+  (select count(*)::integer as n from app_public.worker_processes p where p.last_seen_at > now() - dead_after) w;
+  return v_overview;
 end;
 $$;
 
