@@ -55,12 +55,18 @@ export interface RunRecord {
 // upsert, which costs about half as much again per row (measured).
 const COLUMNS = `id, job_id, task_identifier, queue_name, job_key, attempt, max_attempts, payload,
   worker_id, run_at, started_at, finished_at, duration_ms, outcome, error, result`;
-// Must match the order of row() below. Times travel as epoch milliseconds; a run's end is its
-// start plus its (monotonic) duration; the worker is the same for a whole batch ($3).
-const VALUES = `(r->>0)::uuid, (r->>1)::bigint, r->>2, r->>3, r->>4, (r->>5)::integer, (r->>6)::integer, r->7,
-  $3::text, to_timestamp((r->>8)::double precision / 1000), to_timestamp((r->>9)::double precision / 1000),
-  to_timestamp(((r->>9)::double precision + (r->>10)::double precision) / 1000),
-  (r->>10)::double precision, r->>11, r->>12, r->13`;
+// A row's columns from its JSON array r, by the positions of row() below. Times travel as epoch
+// milliseconds; a run's end is its start plus its (monotonic) duration; the worker is the same for
+// a whole batch ($3).
+const R = {
+  id: "(r->>0)::uuid", jobId: "(r->>1)::bigint", task: "r->>2", queue: "r->>3", key: "r->>4",
+  attempt: "(r->>5)::integer", maxAttempts: "(r->>6)::integer", payload: "r->7",
+  runAt: "to_timestamp((r->>8)::double precision / 1000)", startedAt: "to_timestamp((r->>9)::double precision / 1000)",
+  finishedAt: "to_timestamp(((r->>9)::double precision + (r->>10)::double precision) / 1000)",
+  duration: "(r->>10)::double precision", outcome: "r->>11", error: "r->>12", result: "r->13",
+};
+const VALUES = `${R.id}, ${R.jobId}, ${R.task}, ${R.queue}, ${R.key}, ${R.attempt}, ${R.maxAttempts}, ${R.payload},
+  $3::text, ${R.runAt}, ${R.startedAt}, ${R.finishedAt}, ${R.duration}, ${R.outcome}, ${R.error}, ${R.result}`;
 // The metrics (app_private.job_metrics, for /metrics) and the activity rollups (per minute and
 // hour, for jobActivity and jobStats) are added in the statement that writes the rows, so a failed
 // or retried batch is never counted twice. The plain insert writes every row or fails, so its
@@ -135,9 +141,8 @@ with fresh as (
   select case when count(*) > 10000 then app_private.publish_job_events_overflow(count(*))
               else app_private.publish_job_events(jsonb_agg(e)) end
   from (select e from jsonb_array_elements($1::jsonb) r,
-          app_private.job_run_events((r->>0)::uuid, (r->>1)::bigint, r->>2, r->>4, (r->>5)::integer, r->>11,
-                                     to_timestamp((r->>9)::double precision / 1000),
-                                     to_timestamp(((r->>9)::double precision + (r->>10)::double precision) / 1000), true) e
+          app_private.job_run_events(${R.id}, ${R.jobId}, ${R.task}, ${R.key}, ${R.attempt}, ${R.outcome},
+                                     ${R.startedAt}, ${R.finishedAt}, true) e
         union all
         select e from completed c, app_private.job_run_events(c.id, c.job_id, c.task_identifier, c.job_key, c.attempt, c.outcome,
                                                               c.started_at, c.finished_at, false) e

@@ -4,7 +4,7 @@
 // and the overview behind GraphQL and /healthz. Admins only, audited.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { parseCrontab } from "graphile-worker";
+import { parseCrontab, type ParsedCronItem } from "graphile-worker";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { loadCrontab } from "../../src/worker/crontab.ts";
@@ -107,6 +107,15 @@ describe("the task catalogue", () => {
   });
 });
 
+/** graphile-worker's own matcher, probed minute by minute: the first minute after `after` it fires (within `days`). */
+function firstMatch(item: { match: ParsedCronItem["match"] }, after: Date, days: number): Date {
+  let t = new Date(Math.floor(after.getTime() / 60_000) * 60_000 + 60_000);
+  for (let n = 0; n < days * 24 * 60; n++, t = new Date(t.getTime() + 60_000)) {
+    if (item.match({ min: t.getUTCMinutes(), hour: t.getUTCHours(), date: t.getUTCDate(), month: t.getUTCMonth() + 1, dow: t.getUTCDay() })) break;
+  }
+  return t;
+}
+
 describe("schedules: next and last run, run now", () => {
   it("computes each crontab entry's next run exactly as graphile-worker's matcher fires it", async () => {
     const items = await loadCrontab(tasks);
@@ -117,11 +126,7 @@ describe("schedules: next and last run, run now", () => {
     );
     expect(rows).toHaveLength(items.length);
     for (const item of items) {
-      // Probe graphile-worker's own matcher minute by minute (up to eight days ahead).
-      let t = new Date(Math.floor(from.getTime() / 60_000) * 60_000 + 60_000);
-      for (let i = 0; i < 8 * 24 * 60; i++, t = new Date(t.getTime() + 60_000)) {
-        if (item.match({ min: t.getUTCMinutes(), hour: t.getUTCHours(), date: t.getUTCDate(), month: t.getUTCMonth() + 1, dow: t.getUTCDay() })) break;
-      }
+      const t = firstMatch(item, from, 8);
       expect([item.identifier, rows.find((r) => r.id === item.identifier)!.next.toISOString()]).toEqual([item.identifier, t.toISOString()]);
     }
     // Patterns the crontab does not use today: both day fields restricted (either matches), ranges, lists, 7 = Sunday, leap day.
@@ -142,10 +147,7 @@ describe("schedules: next and last run, run now", () => {
     const parsed = parseCrontab(patterns.map((p, i) => `${p} t_probe ?id=probe_${i}`).join("\n"));
     for (const [i, pattern] of patterns.entries()) {
       for (const after of afters) {
-        let t = new Date(Math.floor(after.getTime() / 60_000) * 60_000 + 60_000);
-        for (let n = 0; n < 40 * 24 * 60; n++, t = new Date(t.getTime() + 60_000)) {
-          if (parsed[i]!.match({ min: t.getUTCMinutes(), hour: t.getUTCHours(), date: t.getUTCDate(), month: t.getUTCMonth() + 1, dow: t.getUTCDay() })) break;
-        }
+        const t = firstMatch(parsed[i]!, after, 40);
         const row = computed.find((r) => r.pattern === pattern && r.after.getTime() === after.getTime())!;
         expect([pattern, after.toISOString(), row.next.toISOString()]).toEqual([pattern, after.toISOString(), t.toISOString()]);
       }
