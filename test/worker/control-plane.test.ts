@@ -158,6 +158,35 @@ describe("schedules: next and last run, run now", () => {
     expect(await codeOf("select app_hidden.cron_values('61', 0, 59)")).toBe("CRONP");
   });
 
+  it("answers nextRunAt from the pattern parsed when the entry was recorded; an entry it cannot parse is still recorded", async () => {
+    const { rows } = await db.pool.query<{ id: string; stored: Date; parsed: Date; has_spec: boolean }>(
+      `select s.id, app_public.schedules_next_run_at(s) as stored, app_hidden.cron_next_run(s.pattern, now()) as parsed, s.cron is not null as has_spec
+       from app_public.schedules s`,
+    );
+    expect(rows.length).toBeGreaterThan(1);
+    for (const r of rows) expect([r.id, r.has_spec, r.stored.toISOString()]).toEqual([r.id, true, r.parsed.toISOString()]);
+    // The stored parse follows an edited pattern.
+    await db.pool.query("update app_public.schedules set pattern = '0 8 * * 1' where id = 't_every_minute'");
+    try {
+      const { rows: edited } = await db.pool.query("select (s.cron).dows, (s.cron).hours, (s.cron).minutes from app_public.schedules s where id = 't_every_minute'");
+      expect(edited).toEqual([{ dows: [1], hours: [8], minutes: [0] }]);
+    } finally {
+      await db.pool.query("update app_public.schedules set pattern = '* * * * *' where id = 't_every_minute'");
+    }
+    // A step of 0 is no pattern this parser reads: recorded anyway, and only its own nextRunAt fails, with CRONP.
+    await db.pool.query("insert into app_public.schedules (id, pattern, task_identifier) values ('t_unreadable', '*/0 * * * *', 't_probe')");
+    try {
+      const { rows: odd } = await db.pool.query("select cron is null as unparsed from app_public.schedules where id = 't_unreadable'");
+      expect(odd).toEqual([{ unparsed: true }]);
+      const code = await db.pool
+        .query("select app_public.schedules_next_run_at(s) from app_public.schedules s where id = 't_unreadable'")
+        .then(() => "accepted", (err: { code?: string }) => err.code);
+      expect(code).toBe("CRONP");
+    } finally {
+      await db.pool.query("delete from app_public.schedules where id = 't_unreadable'");
+    }
+  });
+
   it("runs an entry now with its payload, even while paused, and shows it as the entry's last run; audited", async () => {
     expect(await attempt(admin.sessionId, "select app_public.pause_schedule('t_every_minute', 'maintenance')")).toBeNull();
     const res = await graphql(api, admin.token, `mutation { runSchedule(input: {scheduleId: "t_every_minute", reason: "backfill by hand"}) { result { rowId key state taskIdentifier } } }`);

@@ -99,6 +99,19 @@ describe("acting on jobs", () => {
       await running;
       const before = await jobState(id);
       expect(before.state).toBe("running");
+      // Counted as running by the overview and the task catalogue (t_block is a task of this test's own).
+      await db.pool.query(
+        `insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms)
+         values ('t_block', 'waits', 0, 25, 60000) on conflict (identifier) do nothing`,
+      );
+      const counts = await asVisitor(db, admin.sessionId, async (c) => ({
+        task: (await c.query("select queued, scheduled, running, failed from app_public.tasks where identifier = 't_block'")).rows,
+        overview: (await c.query("select queued, scheduled, running, failed from app_public.job_overview()")).rows,
+      }));
+      expect(counts).toEqual({
+        task: [{ queued: 0, scheduled: 0, running: 1, failed: 0 }],
+        overview: [{ queued: 0, scheduled: 0, running: 1, failed: 0 }],
+      });
       const auditBefore = await audit();
       expect(await attempt(admin.sessionId, "select app_public.retry_job($1)", [id])).toBe("JBRUN");
       expect(await attempt(admin.sessionId, "select app_public.cancel_job($1)", [id])).toBe("JBRUN");
