@@ -39,6 +39,8 @@ export interface Config {
     /** Base URL of the web app; login links point to <appUrl>/login?token=... */
     appUrl: string;
     sessionLifetimeDays: number;
+    /** How long an API process remembers a token's session (ended sessions are forgotten at once); 0: look it up on every request. */
+    sessionCacheMs: number;
     /** Read notifications older than this are deleted. */
     notificationRetentionDays: number;
   };
@@ -207,6 +209,7 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
     accounts: {
       appUrl: httpUrl(env, "APP_URL", "http://localhost:5678"),
       sessionLifetimeDays: int(env, "SESSION_LIFETIME_DAYS", 30, 1, 3650),
+      sessionCacheMs: int(env, "SESSION_CACHE_MS", 60_000, 0, 3_600_000),
       notificationRetentionDays: int(env, "NOTIFICATION_RETENTION_DAYS", 30, 1, 3650),
     },
     uploads: {

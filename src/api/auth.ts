@@ -2,13 +2,19 @@
 // before the request reaches GraphQL. A bad or expired token gets HTTP 401 with a generic body
 // (never a library message or a stack); no header means an anonymous request.
 import type { NextFunction, Request, Response } from "express";
-import type pg from "pg";
 import type { Logger } from "../log.ts";
+import { tokenDigest, type SessionLookup } from "./sessions.ts";
 
-const sessions = new WeakMap<Request, string>();
+export interface BearerSession {
+  session: string;
+  /** The token's SHA-256 (hex): what logout has the session cache forget. */
+  digest: string;
+}
 
-/** The session id established for this request, if any. */
-export function sessionOf(req: Request | undefined): string | null {
+const sessions = new WeakMap<Request, BearerSession>();
+
+/** The session established for this request, if any. */
+export function sessionOf(req: Request | undefined): BearerSession | null {
   return (req && sessions.get(req)) ?? null;
 }
 
@@ -19,28 +25,27 @@ function reject(res: Response, status: number, code: string, message: string) {
   res.status(status).json({ errors: [{ message, extensions: { code } }] });
 }
 
-export type BearerCheck = { session: string } | { error: "invalid" } | null;
+export type BearerCheck = BearerSession | { error: "invalid" } | null;
 
 /**
  * The session behind an Authorization value: null when there is none (anonymous), an error when
  * it is malformed, unknown or expired. Database errors are thrown.
  */
-export async function checkBearer(pool: pg.Pool, header: string | undefined): Promise<BearerCheck> {
+export async function checkBearer(sessions: SessionLookup, header: string | undefined): Promise<BearerCheck> {
   if (header === undefined || header === "") return null;
   const match = BEARER.exec(header.trim());
   if (!match) return { error: "invalid" };
-  const { rows } = await pool.query<{ id: string | null }>("select app_hidden.session_id_for_token($1) as id", [match[1]]);
-  const id = rows[0]?.id;
-  return id ? { session: id } : { error: "invalid" };
+  const id = await sessions.sessionOf(match[1]!);
+  return id ? { session: id, digest: tokenDigest(match[1]!) } : { error: "invalid" };
 }
 
-export function authenticate(pool: pg.Pool, log: Logger) {
+export function authenticate(lookup: SessionLookup, log: Logger) {
   return async (req: Request, res: Response, next: NextFunction) => {
     try {
-      const check = await checkBearer(pool, req.headers.authorization);
+      const check = await checkBearer(lookup, req.headers.authorization);
       if (check === null) return next();
       if ("error" in check) return reject(res, 401, "UNAUTHENTICATED", "Invalid or expired session token.");
-      sessions.set(req, check.session);
+      sessions.set(req, check);
       next();
     } catch (err) {
       log.error("session lookup failed", { err });

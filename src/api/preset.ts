@@ -9,13 +9,16 @@ import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connecti
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import type { GraphQLError } from "postgraphile/graphql";
 import type { ResolvedTask } from "../worker/task.ts";
-import { checkBearer, sessionOf } from "./auth.ts";
+import { checkBearer, sessionOf, type BearerSession } from "./auth.ts";
+import { ForgetOnLogoutPlugin, type SessionLookup } from "./sessions.ts";
 import { JobEventsPlugin, type JobEventListeners } from "./events.ts";
 import { TriggerTaskPayloadPlugin } from "./trigger.ts";
 import { SafeError } from "postgraphile/grafast";
 
 export interface PresetOptions {
   pool: pg.Pool;
+  /** Bearer tokens to sessions (websocket subscriptions check theirs here). */
+  sessions: SessionLookup;
   /** LISTEN/NOTIFY for subscriptions; the caller releases it (PostGraphile's release() does not). */
   pgSubscriber: PgSubscriber;
   /** Tells Postgres to publish job events while subscriptions are live. */
@@ -40,18 +43,22 @@ interface WebSocketRequestContext {
  * The session of a websocket subscription, from connectionParams { authorization: "Bearer ..." }
  * (browsers cannot set headers on a websocket): the same check as the HTTP middleware's.
  */
-async function websocketSession(pool: pg.Pool, ws: WebSocketRequestContext): Promise<string | null> {
+async function websocketSession(sessions: SessionLookup, ws: WebSocketRequestContext): Promise<BearerSession | null> {
   const header = ws.normalizedConnectionParams?.authorization;
-  const check = await checkBearer(pool, Array.isArray(header) ? header[0] : header);
+  const check = await checkBearer(sessions, Array.isArray(header) ? header[0] : header);
   if (check === null) return null;
   if ("error" in check) throw new SafeError("Invalid or expired session token.", { code: "UNAUTHENTICATED" });
-  return check.session;
+  return check;
 }
 
 export function makePreset(o: PresetOptions): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
-    plugins: [TriggerTaskPayloadPlugin(o.tasks), JobEventsPlugin({ listeners: o.eventListeners, recheckMs: o.eventsRecheckMs })],
+    plugins: [
+      TriggerTaskPayloadPlugin(o.tasks),
+      JobEventsPlugin({ listeners: o.eventListeners, recheckMs: o.eventsRecheckMs }),
+      ForgetOnLogoutPlugin(o.sessions),
+    ],
     pgServices: [makePgService({ pool: o.pool, pgSubscriber: o.pgSubscriber, schemas: ["app_public"] })],
     grafserv: {
       graphqlPath: "/graphql",
@@ -69,11 +76,12 @@ export function makePreset(o: PresetOptions): GraphileConfig.Preset {
       async context(requestContext) {
         const ws = (requestContext as { ws?: WebSocketRequestContext }).ws;
         const req = ws ? ws.request : (requestContext as { expressv4?: { req: Request } }).expressv4?.req;
-        const session = ws ? await websocketSession(o.pool, ws) : sessionOf(req);
+        const session = ws ? await websocketSession(o.sessions, ws) : sessionOf(req);
         return {
+          sessionDigest: session?.digest ?? null,
           pgSettings: {
             role: o.visitorRole,
-            "hourglass.session_id": session ?? "",
+            "hourglass.session_id": session?.session ?? "",
             // For per-client rate limits (requestLoginLink) and new sessions' lifetime (login).
             "hourglass.client_address": req?.socket.remoteAddress ?? "",
             "hourglass.session_lifetime": `${o.sessionLifetimeDays} days`,

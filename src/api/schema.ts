@@ -7,6 +7,7 @@ import { PgSubscriber } from "postgraphile/adaptors/pg";
 import { lexicographicSortSchema, printSchema } from "postgraphile/graphql";
 import { makePreset } from "./preset.ts";
 import { JobEventListeners } from "./events.ts";
+import { SessionCache } from "./sessions.ts";
 import { createLogger } from "../log.ts";
 
 export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graphql");
@@ -14,7 +15,10 @@ export const SCHEMA_FILE = path.resolve(import.meta.dirname, "../../schema.graph
 export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promise<string> {
   const pgSubscriber = new PgSubscriber(pool);
   try {
-    const preset = makePreset({ pool, pgSubscriber, eventListeners: new JobEventListeners(pool, createLogger({ level: "error", format: "json" })), visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
+    const log = createLogger({ level: "error", format: "json" });
+    // Never started: exporting the schema looks no session up.
+    const sessions = new SessionCache(pool, { listenUrl: "", ttlMs: 0, log });
+    const preset = makePreset({ pool, sessions, pgSubscriber, eventListeners: new JobEventListeners(pool, log), visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
     const { schema } = await makeSchema(preset);
     return printSchema(lexicographicSortSchema(schema)) + "\n";
   } finally {

@@ -13,6 +13,7 @@ import type { Logger } from "../log.ts";
 import { createPool } from "../db/pool.ts";
 import { coalesceTransactionStart } from "./transaction-start.ts";
 import { authenticate } from "./auth.ts";
+import { SessionCache } from "./sessions.ts";
 import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
@@ -31,6 +32,8 @@ export interface ApiHandle {
   url: string;
   server: Server;
   pool: pg.Pool;
+  /** Bearer tokens to sessions, remembered while its LISTEN connection is up. */
+  sessions: SessionCache;
   stop(): Promise<void>;
 }
 
@@ -43,6 +46,8 @@ export interface ApiOptions {
   tasks?: readonly ResolvedTask[];
   /** How often a jobEvents subscription re-checks its session (default 30 s; tests shorten it). */
   eventsRecheckMs?: number;
+  /** The session listener's first wait before it reconnects (default 500 ms; tests lengthen it). */
+  sessionListenerRetryMs?: number;
 }
 
 interface JobFacts {
@@ -85,7 +90,7 @@ async function jobFacts(pool: pg.Pool, deadAfterMs: number): Promise<JobFacts | 
   }
 }
 
-export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs }: ApiOptions): Promise<ApiHandle> {
+export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
   const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
   coalesceTransactionStart(pool);
@@ -93,9 +98,17 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
   // One listening connection per process for every subscription (jobEvents).
   const pgSubscriber = new PgSubscriber(pool);
   const eventListeners = new JobEventListeners(pool, apiLog);
+  const sessions = new SessionCache(pool, {
+    listenUrl: authUrl,
+    ttlMs: config.accounts.sessionCacheMs,
+    log: apiLog,
+    retryMs: sessionListenerRetryMs,
+  });
+  sessions.start();
   const pgl = postgraphile(
     makePreset({
       pool,
+      sessions,
       pgSubscriber,
       eventListeners,
       visitorRole: config.roles.visitor,
@@ -127,8 +140,8 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
   // The operations dashboard (a static app on the GraphQL API) and the sign-in links' landing page.
   app.use(dashboardRoutes({ log: apiLog }));
   app.get("/metrics", metricsHandler(pool, { deadAfterMs: config.worker.deadAfterMs, token: config.metricsToken, log: apiLog }));
-  app.use("/graphql", authenticate(pool, apiLog));
-  app.post("/uploads", authenticate(pool, apiLog), uploadHandler(pool, config, apiLog));
+  app.use("/graphql", authenticate(sessions, apiLog));
+  app.post("/uploads", authenticate(sessions, apiLog), uploadHandler(pool, config, apiLog));
 
   const server = createServer(app);
   // Websockets (subscriptions) leave the HTTP server's connection tracking once upgraded, so
@@ -166,6 +179,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
     url,
     server,
     pool,
+    sessions,
     stop: () =>
       (stopping ??= (async () => {
         await new Promise<void>((resolve) => {
@@ -177,6 +191,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
         await pgl.release();
         pgSubscriber.release();
         await eventListeners.close();
+        await sessions.stop();
         await pool.end();
         apiLog.info("API stopped");
       })()),

@@ -25,7 +25,7 @@ function fail(res: Response, status: number, code: string, message: string) {
 
 export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "roles">, log: Logger) {
   return async (req: Request, res: Response) => {
-    const sessionId = sessionOf(req);
+    const sessionId = sessionOf(req)?.session;
     if (!sessionId) return fail(res, 401, "UNAUTHENTICATED", "Sign in to upload.");
     if (!req.headers["content-type"]?.startsWith("multipart/form-data")) {
       return fail(res, 415, "UNSUPPORTED_MEDIA_TYPE", "Send multipart/form-data with one field named file.");

@@ -244,9 +244,11 @@ describe("the operations dashboard", () => {
     await page.getByRole("heading", { name: "History" }).waitFor();
     const live = page.getByRole("status").filter({ hasText: /live/ });
     await live.filter({ hasText: /^live$/ }).waitFor();
-    // The API process's one LISTEN connection dies (a failover, a DBA's pg_terminate_backend).
+    // The API process's LISTEN connection for subscriptions dies (a failover, a DBA's pg_terminate_backend);
+    // its other one, for ended sessions, is left alone.
     const { rows } = await db.pool.query<{ ok: boolean }>(
-      "select pg_terminate_backend(pid) as ok from pg_stat_activity where datname = current_database() and usename = $1 and query ilike 'listen%'",
+      `select pg_terminate_backend(pid) as ok from pg_stat_activity
+       where datname = current_database() and usename = $1 and query ilike 'listen%' and application_name <> 'hourglass-api-sessions'`,
       [db.run.roles.authenticator],
     );
     expect(rows.map((r) => r.ok)).toEqual([true]);
