@@ -1,5 +1,5 @@
 --! Previous: sha1:07ab5785aa50c5435a7689729425cdebfa051f79
---! Hash: sha1:6ea06e11aae29f59c3a6e26203c8811807c1d99e
+--! Hash: sha1:1236aaee77e78281be46834c77710d81e1e1a2a3
 --! Message: Cheaper catalogue, overview and schedules reads; sessions an API process may remember
 
 -- Cheaper control-plane reads: the task catalogue, the overview and the schedules list.
@@ -247,3 +247,47 @@ create trigger _900_sessions_truncated after truncate on app_private.sessions
 --    rather than at the next vacuum of the table.
 drop index if exists app_public.job_runs_started_brin;
 create index job_runs_started_brin on app_public.job_runs using brin (started_at) with (pages_per_range = 16, autosummarize = on);
+
+-- 5. jobActivity: the bucket of each rollup row was found by truncating now() in UTC once per
+--    bucket for the join and again for each of the ~1,000 rows for the sort and the grouping
+--    (a time zone lookup each time: 1.4 ms of a 24-hour call). The first bucket is computed
+--    once, the rows are summed per bucket, and the empty buckets come from a series.
+create or replace function app_public.job_activity(resolution text) returns setof app_public.job_activity_bucket
+language plpgsql stable security definer
+set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_width interval;
+  v_count integer;
+  v_first timestamptz;
+begin
+  perform app_hidden.require_admin();
+  case resolution
+    when 'minute' then v_width := interval '1 minute'; v_count := 60;
+    when 'hour' then v_width := interval '1 hour'; v_count := 24;
+    else raise exception 'resolution must be minute (the last hour) or hour (the last day)' using errcode = 'JARES';
+  end case;
+  v_first := date_trunc(resolution, now(), 'UTC') - v_width * (v_count - 1);
+  return query
+  with sums as (
+    select m.bucket, sum(m.runs) as runs, sum(m.runs) filter (where m.outcome = 'succeeded') as succeeded,
+           sum(m.runs) filter (where app_private.is_failure(m.outcome)) as failures,
+           sum(m.duration_sum_ms) as duration_sum_ms, max(m.duration_max_ms) as duration_max_ms
+    from app_private.job_runs_per_minute m
+    where resolution = 'minute' and m.bucket >= v_first
+    group by m.bucket
+    union all
+    select h.bucket, sum(h.runs), sum(h.runs) filter (where h.outcome = 'succeeded'),
+           sum(h.runs) filter (where app_private.is_failure(h.outcome)),
+           sum(h.duration_sum_ms), max(h.duration_max_ms)
+    from app_private.job_runs_per_hour h
+    where resolution = 'hour' and h.bucket >= v_first
+    group by h.bucket
+  )
+  select b.bucket, coalesce(s.runs, 0)::bigint, coalesce(s.succeeded, 0)::bigint, coalesce(s.failures, 0)::bigint,
+         s.duration_sum_ms / nullif(s.runs, 0), s.duration_max_ms
+  from generate_series(v_first, v_first + v_width * (v_count - 1), v_width) b(bucket)
+  left join sums s on s.bucket = b.bucket
+  order by b.bucket;
+end;
+$$;

@@ -56,14 +56,27 @@ describe("activity rollups", () => {
       expect(s.max_duration_ms).toBeCloseTo(expected.rows[i].max, 6);
     }
 
-    const minutes = await asAdmin<{ bucket: Date; runs: string; succeeded: string; failures: string }>("select * from app_public.job_activity('minute')");
+    const minutes = await asAdmin<{ bucket: Date; runs: string; succeeded: string; failures: string; avg_duration_ms: number | null; max_duration_ms: number | null }>(
+      "select * from app_public.job_activity('minute')",
+    );
     expect(minutes).toHaveLength(60);
     const counted = await db.pool.query(`select date_trunc('minute', finished_at) as bucket, count(*)::int as runs,
         count(*) filter (where outcome = 'succeeded')::int as succeeded,
-        count(*) filter (where outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned'))::int as failures
+        count(*) filter (where outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned'))::int as failures,
+        avg(duration_ms)::float8 as avg, max(duration_ms)::float8 as max
       from app_public.job_runs where outcome <> 'running' group by 1`);
-    const byBucket = new Map(counted.rows.map((r) => [r.bucket.getTime(), [r.runs, r.succeeded, r.failures]]));
-    for (const m of minutes) expect([Number(m.runs), Number(m.succeeded), Number(m.failures)]).toEqual(byBucket.get(m.bucket.getTime()) ?? [0, 0, 0]);
+    const byBucket = new Map(counted.rows.map((r) => [r.bucket.getTime(), r]));
+    for (const m of minutes) {
+      const c = byBucket.get(m.bucket.getTime());
+      expect([Number(m.runs), Number(m.succeeded), Number(m.failures)]).toEqual(c ? [c.runs, c.succeeded, c.failures] : [0, 0, 0]);
+      if (!c) {
+        expect([m.avg_duration_ms, m.max_duration_ms]).toEqual([null, null]);
+        continue;
+      }
+      expect(m.avg_duration_ms).toBeCloseTo(c.avg, 6);
+      expect(m.max_duration_ms).toBeCloseTo(c.max, 6);
+    }
+    expect(minutes.filter((m) => Number(m.runs) > 0).length).toBeGreaterThan(0);
     expect(minutes.reduce((n, m) => n + Number(m.runs), 0)).toBe(counted.rows.reduce((n, r) => n + r.runs, 0));
     // Consecutive minutes ending with the current one (the database's: a minute may turn meanwhile).
     const { rows: [clock] } = await db.pool.query("select date_trunc('minute', now(), 'UTC') as minute");
