@@ -26,15 +26,21 @@ export const HISTORY_ROWS = 1_000_000;
 export const HISTORY_DAYS = 30;
 export const CLIENTS = 20;
 export const GOAL_P95_MS = 50;
-/** Timed requests per query and path at CLIENTS clients (warmed up alone before), unless the time runs out first. */
-export const REQUESTS = 400;
-export const PHASE_LIMIT_MS = 15_000;
+/**
+ * Timed requests per query and path at CLIENTS clients (warmed up alone before), in ROUNDS rounds
+ * that take turns with the other queries' (this machine's load comes in bursts of a second or two:
+ * one long phase per query let a burst fall on one query alone), each round until it has sent
+ * REQUESTS / ROUNDS or ROUND_LIMIT_MS ran out.
+ */
+export const REQUESTS = 1000;
+export const ROUNDS = 4;
+export const ROUND_LIMIT_MS = 4_000;
 /** The same alone (one client): what one request costs without queueing. */
 export const SINGLE_REQUESTS = 50;
 /**
- * Untimed requests from each client before the timed ones at CLIENTS clients: the API's pool
- * (and the SQL side's) opens its connections then — tens of milliseconds each for a new backend
- * and its first plans, one request per client, 5% of a 400-request phase: they were its p95.
+ * Untimed requests from each client before each round's timed ones at CLIENTS clients: the API's
+ * pool (and the SQL side's) opens its connections then — tens of milliseconds each for a new
+ * backend and its first plans, one request per client, 5% of a 400-request phase: they were its p95.
  */
 export const LOADED_WARM_UP = 3;
 export const SINGLE_LIMIT_MS = 5_000;
@@ -309,12 +315,19 @@ const QUERIES: QueryDef[] = [
 
 class Timeout extends Error {}
 
+interface Samples {
+  ms: number[];
+  timeouts: number;
+}
+
 /**
  * `send` from `clients` loops at once, each sending its next request when the last one answered:
- * `warmUp` requests each, then up to `requests` timed ones or until `limitMs` ran out.
+ * `warmUp` requests each, then up to `requests` timed ones or until `limitMs` ran out. The times
+ * are added to `into` (several rounds of one query can share it).
  */
-async function load(send: () => Promise<void>, clients: number, warmUp: number, requests: number, limitMs: number): Promise<Latency> {
-  const ms: number[] = [];
+async function load(send: () => Promise<void>, clients: number, warmUp: number, requests: number, limitMs: number, into?: Samples): Promise<Latency> {
+  const samples = into ?? { ms: [], timeouts: 0 };
+  const ms = samples.ms;
   let timeouts = 0;
   let started = 0;
   let warmTimeouts = 0;
@@ -341,7 +354,8 @@ async function load(send: () => Promise<void>, clients: number, warmUp: number, 
   started = 0;
   const deadline = performance.now() + limitMs;
   await Promise.all(Array.from({ length: clients }, () => loop(() => started >= requests || performance.now() > deadline, true)));
-  return latency(ms, timeouts);
+  samples.timeouts += timeouts;
+  return latency(ms, samples.timeouts);
 }
 
 // The clients share this machine's two cores with the API and PostgreSQL, so they should cost as
@@ -589,21 +603,38 @@ export async function queryFigures(db: BenchDb, password: string, admin: { token
   const fmt = (l: Latency) => (l.n || l.timeouts ? `p50 ${l.p50.toFixed(1)} ms, p95 ${l.p95.toFixed(1)} ms (n ${l.n}${l.timeouts ? `, ${l.timeouts} timed out` : ""})` : "not run");
   const fmtAlone = (l: Latency) => (l.timeouts ? `timed out alone (${l.n} answered)` : `alone p50 ${l.p50.toFixed(1)} ms`);
   try {
-    for (const q of QUERIES) {
-      const viaGraphql = () => graphqlRequest(agent, api.url, admin.token, q);
-      const viaSql = () =>
+    const paths = QUERIES.map((q) => ({
+      q,
+      viaGraphql: () => graphqlRequest(agent, api.url, admin.token, q),
+      viaSql: () =>
         asAdmin(authPool, visitor, admin.sessionId, async (c) => {
           const { rows } = await c.query(q.sql, Object.values(q.variables()));
           if (q.name.startsWith("overview") && !rows[0]?.queued) throw new Error("the overview is empty: not seen as an admin");
-        });
-      // Alone first (its warm-up serves both); at CLIENTS clients only if it answered in time alone.
-      const measure = async (send: () => Promise<void>) => {
-        const alone = await load(send, 1, 2, SINGLE_REQUESTS, SINGLE_LIMIT_MS);
-        const loaded = alone.timeouts ? latency([], 0) : await load(send, CLIENTS, LOADED_WARM_UP, REQUESTS, PHASE_LIMIT_MS);
-        return [alone, loaded] as const;
-      };
-      const [graphqlAlone, graphql] = await measure(viaGraphql);
-      const [sqlAlone, sql] = await measure(viaSql);
+        }),
+      graphqlSamples: { ms: [], timeouts: 0 } as Samples,
+      sqlSamples: { ms: [], timeouts: 0 } as Samples,
+    }));
+    // Alone first (its warm-up serves both paths' loaded rounds).
+    const alone = new Map<string, { graphql: Latency; sql: Latency }>();
+    for (const p of paths) {
+      alone.set(p.q.name, {
+        graphql: await load(p.viaGraphql, 1, 2, SINGLE_REQUESTS, SINGLE_LIMIT_MS),
+        sql: await load(p.viaSql, 1, 2, SINGLE_REQUESTS, SINGLE_LIMIT_MS),
+      });
+    }
+    // At CLIENTS clients, in rounds that take turns; only what answered in time alone.
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const p of paths) {
+        const a = alone.get(p.q.name)!;
+        if (!a.graphql.timeouts) await load(p.viaGraphql, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, p.graphqlSamples);
+        if (!a.sql.timeouts) await load(p.viaSql, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, p.sqlSamples);
+      }
+    }
+    for (const p of paths) {
+      const q = p.q;
+      const { graphql: graphqlAlone, sql: sqlAlone } = alone.get(q.name)!;
+      const graphql = latency(p.graphqlSamples.ms, p.graphqlSamples.timeouts);
+      const sql = latency(p.sqlSamples.ms, p.sqlSamples.timeouts);
       queries.push({ name: q.name, reference: q.reference ?? false, graphqlAlone, graphql, sqlAlone, sql });
       console.log(`  ${q.name}\n    GraphQL ${fmt(graphql)}; ${fmtAlone(graphqlAlone)}\n    SQL ${fmt(sql)}; ${fmtAlone(sqlAlone)}`);
       if (!q.reference && !(graphql.p95 <= GOAL_P95_MS)) {
