@@ -36,6 +36,13 @@ export const SESSIONS_ENDED_CHANNEL = "hourglass:sessions_ended";
 export const MAX_ENTRIES = 10_000;
 const RECONNECT_MS = 500;
 const RECONNECT_MAX_MS = 30_000;
+/**
+ * A connection that died without a word (a firewall dropping an idle flow) would otherwise go
+ * unnoticed while announcements stopped arriving: the listener asks `select 1` this often and
+ * counts it lost if no answer comes within PROBE_TIMEOUT_MS.
+ */
+const PROBE_MS = 15_000;
+const PROBE_TIMEOUT_MS = 5_000;
 
 /** The hex SHA-256 of a token, as Postgres stores it (token_hash) and announces it. */
 export const tokenDigest = (token: string) => createHash("sha256").update(token, "utf8").digest("hex");
@@ -66,14 +73,18 @@ export class SessionCache implements SessionLookup {
   readonly #firstRetryMs: number;
   #retryMs: number;
   #retryTimer: NodeJS.Timeout | null = null;
+  #probeTimer: NodeJS.Timeout | null = null;
   #stopped = false;
   /** Lookups answered here, and those that went to Postgres (for tests and /metrics). */
   hits = 0;
   misses = 0;
 
   /** `ttlMs` 0: remember nothing (every request looks its session up). */
-  constructor(pool: pg.Pool, options: { listenUrl: string; ttlMs: number; log: Logger; retryMs?: number }) {
+  readonly #probeMs: number;
+
+  constructor(pool: pg.Pool, options: { listenUrl: string; ttlMs: number; log: Logger; retryMs?: number; probeMs?: number }) {
     this.#pool = pool;
+    this.#probeMs = options.probeMs ?? PROBE_MS;
     this.#firstRetryMs = this.#retryMs = options.retryMs ?? RECONNECT_MS;
     this.#listenUrl = options.listenUrl;
     this.#ttlMs = options.ttlMs;
@@ -123,6 +134,7 @@ export class SessionCache implements SessionLookup {
     this.#stopped = true;
     this.#forget();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    if (this.#probeTimer) clearTimeout(this.#probeTimer);
     const client = this.#client;
     this.#client = null;
     await client?.end().catch(() => {});
@@ -145,12 +157,19 @@ export class SessionCache implements SessionLookup {
   }
 
   async #listen(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.#listenUrl, application_name: "hourglass-api-sessions" });
+    const client = new pg.Client({
+      connectionString: this.#listenUrl,
+      application_name: "hourglass-api-sessions",
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
     this.#client = client;
     const lost = (err?: unknown) => {
       if (this.#client !== client) return;
       this.#client = null;
       this.#forget();
+      if (this.#probeTimer) clearTimeout(this.#probeTimer);
+      this.#probeTimer = null;
       client.end().catch(() => {});
       if (this.#stopped) return;
       this.#log.warn("the session listener lost its connection; sessions are looked up on every request until it is back", { err });
@@ -180,6 +199,26 @@ export class SessionCache implements SessionLookup {
     this.#listening = true;
     this.#retryMs = this.#firstRetryMs;
     this.#log.debug("listening for ended sessions");
+    const probe = () => {
+      this.#probeTimer = setTimeout(() => {
+        let timer: NodeJS.Timeout | undefined;
+        const timeout = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer to a probe within ${PROBE_TIMEOUT_MS} ms`)), PROBE_TIMEOUT_MS);
+        });
+        Promise.race([client.query("select 1"), timeout]).then(
+          () => {
+            clearTimeout(timer);
+            if (this.#client === client) probe();
+          },
+          (err: unknown) => {
+            clearTimeout(timer);
+            lost(err);
+          },
+        );
+      }, this.#probeMs);
+      this.#probeTimer.unref();
+    };
+    probe();
   }
 }
 

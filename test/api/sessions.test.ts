@@ -3,7 +3,7 @@
 // hear Postgres's announcements.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
-import { tokenDigest } from "../../src/api/sessions.ts";
+import { SessionCache, tokenDigest } from "../../src/api/sessions.ts";
 import { createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 
 let db: TestDb;
@@ -127,6 +127,26 @@ describe("the session cache", () => {
     }
     // The other API process listens again too.
     await until("the main API listens again", () => api.sessions.listening, 10_000);
+  });
+
+  it("counts a listener that stops answering as lost, though its connection never reports an error", async () => {
+    // A firewall that silently drops an idle connection, played by freezing the listener's backend.
+    const cache = new SessionCache(api.pool, { listenUrl: db.authUrl, ttlMs: 60_000, log: testLog, retryMs: 60_000, probeMs: 200 });
+    cache.start();
+    let frozen: number | null = null;
+    try {
+      await until("it listens", () => cache.listening);
+      const { rows } = await db.pool.query<{ pid: number }>(
+        "select pid from pg_stat_activity where application_name = 'hourglass-api-sessions' and datname = current_database() order by backend_start desc limit 1",
+      );
+      frozen = rows[0]!.pid;
+      process.kill(frozen, "SIGSTOP");
+      // The probe's 5 s without an answer, after at most 200 ms.
+      await until("the silent listener is counted lost", () => !cache.listening, 10_000);
+    } finally {
+      if (frozen !== null) process.kill(frozen, "SIGCONT");
+      await cache.stop();
+    }
   });
 
   it("with SESSION_CACHE_MS=0 looks every request's session up", async () => {
