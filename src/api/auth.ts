@@ -3,13 +3,7 @@
 // (never a library message or a stack); no header means an anonymous request.
 import type { NextFunction, Request, Response } from "express";
 import type { Logger } from "../log.ts";
-import { tokenDigest, type SessionLookup } from "./sessions.ts";
-
-export interface BearerSession {
-  session: string;
-  /** The token's SHA-256 (hex): what logout has the session cache forget. */
-  digest: string;
-}
+import type { BearerSession, SessionLookup } from "./sessions.ts";
 
 const sessions = new WeakMap<Request, BearerSession>();
 
@@ -35,8 +29,7 @@ export async function checkBearer(sessions: SessionLookup, header: string | unde
   if (header === undefined || header === "") return null;
   const match = BEARER.exec(header.trim());
   if (!match) return { error: "invalid" };
-  const id = await sessions.sessionOf(match[1]!);
-  return id ? { session: id, digest: tokenDigest(match[1]!) } : { error: "invalid" };
+  return (await sessions.sessionOf(match[1]!)) ?? { error: "invalid" };
 }
 
 export function authenticate(lookup: SessionLookup, log: Logger) {

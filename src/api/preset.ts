@@ -9,8 +9,8 @@ import { PostGraphileConnectionFilterPreset } from "postgraphile-plugin-connecti
 import { PgAggregatesPreset } from "@graphile/pg-aggregates";
 import type { GraphQLError } from "postgraphile/graphql";
 import type { ResolvedTask } from "../worker/task.ts";
-import { checkBearer, sessionOf, type BearerSession } from "./auth.ts";
-import { ForgetOnLogoutPlugin, type SessionLookup } from "./sessions.ts";
+import { checkBearer, sessionOf } from "./auth.ts";
+import { ForgetOnLogoutPlugin, type BearerSession, type SessionLookup } from "./sessions.ts";
 import { JobEventsPlugin, type JobEventListeners } from "./events.ts";
 import { TriggerTaskPayloadPlugin } from "./trigger.ts";
 import { SafeError } from "postgraphile/grafast";

@@ -4,10 +4,10 @@
 // more round trip out of four, about a tenth of what a small request costs the API and the
 // database (BENCHMARKS.md §8). A token's session is now remembered in this process until the
 // first of: the session's own expiry, SESSION_CACHE_MS after it was read, or the session ending
-// in Postgres. Migration 000025 announces every ended session (logout, the sweep, a DBA's
-// delete, a deleted user) on hourglass:sessions_ended, with the SHA-256 of its token (the
-// database keeps only that; it cannot be turned back into a token), or `*` for more than 50 at
-// once; this class listens on a connection of its own and forgets them.
+// in Postgres. Migration 000025 announces every session that ends before its expiry (logout, a
+// DBA's delete, a deleted user, an expiry moved) on hourglass:sessions_ended, with the SHA-256 of
+// its token (the database keeps only that; it cannot be turned back into a token), or `*` for
+// more than 50 at once; this class listens on a connection of its own and forgets them.
 //
 // It remembers nothing while it is not listening: until its LISTEN has succeeded, and from the
 // moment that connection fails until it listens again (it then starts empty, since what was
@@ -53,9 +53,16 @@ interface Entry {
   until: number;
 }
 
+/** A bearer token's live session. */
+export interface BearerSession {
+  session: string;
+  /** The token's SHA-256 (hex): what logout has the session cache forget. */
+  digest: string;
+}
+
 export interface SessionLookup {
   /** The live session of a token, or null. Database errors are thrown. */
-  sessionOf(token: string): Promise<string | null>;
+  sessionOf(token: string): Promise<BearerSession | null>;
   /** Forgets a token (by its digest) at once. */
   forget(digest: string): void;
 }
@@ -75,13 +82,12 @@ export class SessionCache implements SessionLookup {
   #retryTimer: NodeJS.Timeout | null = null;
   #probeTimer: NodeJS.Timeout | null = null;
   #stopped = false;
-  /** Lookups answered here, and those that went to Postgres (for tests and /metrics). */
+  readonly #probeMs: number;
+  /** Lookups answered here, and those that went to Postgres (for tests). */
   hits = 0;
   misses = 0;
 
   /** `ttlMs` 0: remember nothing (every request looks its session up). */
-  readonly #probeMs: number;
-
   constructor(pool: pg.Pool, options: { listenUrl: string; ttlMs: number; log: Logger; retryMs?: number; probeMs?: number }) {
     this.#pool = pool;
     this.#probeMs = options.probeMs ?? PROBE_MS;
@@ -101,13 +107,12 @@ export class SessionCache implements SessionLookup {
     return this.#listening;
   }
 
-  async sessionOf(token: string): Promise<string | null> {
+  async sessionOf(token: string): Promise<BearerSession | null> {
     const digest = tokenDigest(token);
     const entry = this.#entries.get(digest);
-    const now = Date.now();
-    if (entry && this.#listening && now < entry.until) {
+    if (entry && this.#listening && Date.now() < entry.until) {
       this.hits++;
-      return entry.session;
+      return { session: entry.session, digest };
     }
     if (entry) this.#entries.delete(digest);
     this.misses++;
@@ -122,7 +127,7 @@ export class SessionCache implements SessionLookup {
       if (this.#entries.size >= MAX_ENTRIES) this.#entries.delete(this.#entries.keys().next().value!);
       this.#entries.set(digest, { session: row.id, until: Math.min(row.expires_at.getTime(), Date.now() + this.#ttlMs) });
     }
-    return row.id;
+    return { session: row.id, digest };
   }
 
   forget(digest: string): void {
@@ -140,20 +145,21 @@ export class SessionCache implements SessionLookup {
     await client?.end().catch(() => {});
   }
 
-  /** Everything is forgotten and nothing is kept until the next successful LISTEN. */
-  #forget(): void {
-    this.#listening = false;
+  /** Forgets every token (and any lookup under way). */
+  #clear(): void {
     this.#generation++;
     this.#entries.clear();
   }
 
+  /** Everything is forgotten and nothing is kept until the next successful LISTEN. */
+  #forget(): void {
+    this.#listening = false;
+    this.#clear();
+  }
+
   #ended(payload: string | undefined): void {
-    if (!payload || payload === "*") {
-      this.#generation++;
-      this.#entries.clear();
-      return;
-    }
-    for (const digest of payload.split(",")) this.forget(digest);
+    if (!payload || payload === "*") this.#clear();
+    else for (const digest of payload.split(",")) this.forget(digest);
   }
 
   async #listen(): Promise<void> {
@@ -194,8 +200,7 @@ export class SessionCache implements SessionLookup {
     }
     if (this.#client !== client) return;
     // Whatever was announced before this point was not heard: start empty.
-    this.#entries.clear();
-    this.#generation++;
+    this.#clear();
     this.#listening = true;
     this.#retryMs = this.#firstRetryMs;
     this.#log.debug("listening for ended sessions");
