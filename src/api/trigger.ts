@@ -2,7 +2,11 @@
 // client gets a coded error (TKPAY) at once instead of a job that fails permanently later. The SQL
 // function behind it (app_public.trigger_task) checks that the task exists and that the payload
 // is an object; DBAs calling it directly get the full check when a worker runs the job.
-import { sideEffect } from "postgraphile/grafast";
+//
+// The refusal names the task's payload fields, so it is given to admins only: before answering
+// TKPAY the caller's admin check runs in SQL (app_hidden.require_admin, ADMIN for anyone else). A
+// payload that suits its task needs no such round trip: the SQL function checks the caller itself.
+import { context, sideEffect } from "postgraphile/grafast";
 import { wrapPlans } from "postgraphile/utils";
 import type { ResolvedTask } from "../worker/task.ts";
 
@@ -42,10 +46,15 @@ export function TriggerTaskPayloadPlugin(tasks: readonly ResolvedTask[]): Graphi
           const $identifier = fieldArgs.getRaw(["input", "identifier"]);
           const $payload = fieldArgs.getRaw(["input", "payload"]);
           // Steps planned after a side effect depend on it: a throw here stops the mutation.
-          sideEffect([$identifier, $payload], ([identifier, payload]) => {
-            const problem = payloadProblem(byId, identifier, payload);
-            if (problem) throw new CodedError("TKPAY", problem);
-          });
+          sideEffect(
+            [$identifier, $payload, context().get("withPgClient"), context().get("pgSettings")],
+            async ([identifier, payload, withPgClient, pgSettings]) => {
+              const problem = payloadProblem(byId, identifier, payload);
+              if (!problem) return;
+              await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
+              throw new CodedError("TKPAY", problem);
+            },
+          );
           return plan();
         },
       },

@@ -216,7 +216,7 @@ describe("schedules: next and last run, run now", () => {
 });
 
 describe("triggerTask", () => {
-  const trigger = (token: string, identifier: string, payload: unknown) =>
+  const trigger = (token: string | null, identifier: string, payload: unknown) =>
     graphql(api, token, `mutation($identifier: String!, $payload: JSON) { triggerTask(input: {identifier: $identifier, payload: $payload, reason: "support ticket 12"}) { result { rowId taskIdentifier state } } }`, { identifier, payload });
   const jobsInQueue = async () => (await db.pool.query("select count(*)::int as n from graphile_worker.jobs")).rows[0].n as number;
 
@@ -247,8 +247,14 @@ describe("triggerTask", () => {
     expect((await audit()).length).toBe(before);
   });
 
-  it("is refused to non-admins", async () => {
+  it("is refused to non-admins, without telling them what a task's payload needs", async () => {
     expect((await trigger(user.token, "t_tick", { label: "x" })).errors?.[0]?.extensions?.code).toBe("ADMIN");
+    // A payload the task's schema rejects: ADMIN as for an unknown task, not TKPAY with the fields.
+    for (const token of [user.token, null]) {
+      const refused = await trigger(token, "t_tick", { label: 42 });
+      expect(refused.errors?.map((e: any) => [e.extensions?.code, e.message])).toEqual([["ADMIN", expect.not.stringMatching(/label|payload/)]]);
+    }
+    expect((await trigger(user.token, "no_such_task", {})).errors?.[0]?.extensions?.code).toBe("ADMIN");
     expect(await attempt(user.sessionId, "select app_public.trigger_task('t_tick', '{\"label\": \"x\"}')")).toBe("ADMIN");
     expect(await jobsInQueue()).toBe(0);
   });
