@@ -11,7 +11,7 @@ export interface Mailer {
   close(): void;
 }
 
-export async function createMailer(config: Pick<Config, "email" | "dataDir">, log: Logger): Promise<Mailer> {
+export async function createMailer(config: Pick<Config, "email" | "dataDir" | "mode">, log: Logger): Promise<Mailer> {
   const templates = await compileTemplates();
   const transport = createTransport(config, log);
   return { from: config.email.from, templates, transport, close: () => transport.close() };

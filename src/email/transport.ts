@@ -62,18 +62,22 @@ function fileTransport(dir: string, log: Logger): Transport {
     description: `files in ${dir}`,
     async send(email) {
       const info = (await composer.sendMail(email)) as { message: Buffer };
-      await fs.mkdir(dir, { recursive: true });
+      // Sign-in links are in these files: this OS user's to read, whatever the umask.
+      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
       const safeId = email.messageId.replace(/[^A-Za-z0-9.@-]/g, "_");
       const file = path.join(dir, `${new Date().toISOString().replace(/[:.]/g, "-")}-${safeId}.eml`);
-      await fs.writeFile(file, info.message);
+      await fs.writeFile(file, info.message, { mode: 0o600 });
       log.info("email written to a file (no SMTP_URL set)", { to: email.to, subject: email.subject, file });
     },
     close: () => composer.close(),
   };
 }
 
-export function createTransport(config: Pick<Config, "email" | "dataDir">, log: Logger): Transport {
-  return config.email.smtpUrl
-    ? smtpTransport(config.email.smtpUrl, config.email.timeoutMs)
-    : fileTransport(path.join(config.dataDir, "mail"), log);
+export function createTransport(config: Pick<Config, "email" | "dataDir" | "mode">, log: Logger): Transport {
+  if (config.email.smtpUrl) return smtpTransport(config.email.smtpUrl, config.email.timeoutMs);
+  const dir = path.join(config.dataDir, "mail");
+  if (config.mode === "production") {
+    log.warn("SMTP_URL is not set: emails, sign-in links included, are written to files instead of sent", { dir });
+  }
+  return fileTransport(dir, log);
 }

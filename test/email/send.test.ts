@@ -148,13 +148,16 @@ describe("send_email", () => {
     expect(outcomes).toEqual(["failed_permanently", "failed_permanently"]);
   });
 
-  it("without SMTP_URL each message is written as an .eml file under DATA_DIR/mail", async () => {
+  it("without SMTP_URL each message is written as an .eml file under DATA_DIR/mail, for this OS user's eyes only", async () => {
     const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "hourglass-mail-"));
     try {
       await queueEmail("file:1", "file@example.com", { title: "On disk", body: "Hello <file>" });
       await drainJobs(db, tasks, testConfig(db, { DATA_DIR: dataDir }));
       const files = await fs.readdir(path.join(dataDir, "mail"));
       expect(files).toHaveLength(1);
+      // Sign-in links travel this way: not readable by other users, whatever the umask (022 here).
+      expect((await fs.stat(path.join(dataDir, "mail"))).mode & 0o777).toBe(0o700);
+      expect((await fs.stat(path.join(dataDir, "mail", files[0]!))).mode & 0o777).toBe(0o600);
       const eml = await fs.readFile(path.join(dataDir, "mail", files[0]!), "utf8");
       expect(eml).toMatch(/^To: file@example.com$/m);
       expect(eml).toMatch(/^Subject: On disk$/m);
