@@ -73,7 +73,7 @@ export function renderSnapshot(s: Snapshot, registry: Registry): void {
   for (const m of metrics) registry.registerMetric(m as never);
 }
 
-export function metricsHandler(pool: pg.Pool, o: { deadAfterMs: number; token: string | null; log: Logger }) {
+export function metricsHandler(pool: pg.Pool, o: { token: string | null; log: Logger }) {
   // The process's own metrics (CPU, memory, event loop lag, GC) live as long as the process.
   const processRegistry = new Registry();
   collectDefaultMetrics({ register: processRegistry });
@@ -87,7 +87,7 @@ export function metricsHandler(pool: pg.Pool, o: { deadAfterMs: number; token: s
       }
     }
     try {
-      const { rows } = await pool.query<{ s: Snapshot }>("select app_hidden.metrics_snapshot($1::interval) as s", [`${o.deadAfterMs} milliseconds`]);
+      const { rows } = await pool.query<{ s: Snapshot }>("select app_hidden.metrics_snapshot() as s");
       // A registry per scrape: concurrent scrapes never see each other's snapshot.
       const registry = new Registry();
       renderSnapshot(rows[0]!.s, registry);

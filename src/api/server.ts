@@ -62,16 +62,16 @@ interface JobFacts {
 }
 
 /**
- * The job system's facts (app_hidden.job_health, the same as GraphQL's jobOverview), or null when
- * the database does not answer within two seconds. Totals only: /healthz needs no sign-in, so
- * nothing here names a task or a job.
+ * The job system's facts (app_hidden.job_health, the same as GraphQL's jobOverview: workers alive by
+ * each one's own WORKER_DEAD_AFTER_MS), or null when the database does not answer within two
+ * seconds. Totals only: /healthz needs no sign-in, so nothing here names a task or a job.
  */
-async function jobFacts(pool: pg.Pool, deadAfterMs: number): Promise<JobFacts | null> {
+async function jobFacts(pool: pg.Pool): Promise<JobFacts | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 2000)));
     const query = pool
-      .query("select * from app_hidden.job_health($1::interval)", [`${deadAfterMs} milliseconds`])
+      .query("select * from app_hidden.job_health()")
       .then(({ rows: [r] }): JobFacts => ({
         queued: r.queued,
         scheduled: r.scheduled,
@@ -127,7 +127,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
     // 503 only for what is wrong with this process (its database, its worker): a load balancer
     // must not take every API process out because the workers elsewhere are down. The
     // cluster's state is in `jobs` for monitoring (schedulerHealthy: some worker is alive).
-    const jobs = await jobFacts(pool, config.worker.deadAfterMs);
+    const jobs = await jobFacts(pool);
     const worker = health.workerRunning();
     const ok = jobs !== null && worker !== false;
     res.status(ok ? 200 : 503).json({
@@ -139,7 +139,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
   });
   // The operations dashboard (a static app on the GraphQL API) and the sign-in links' landing page.
   app.use(dashboardRoutes({ log: apiLog }));
-  app.get("/metrics", metricsHandler(pool, { deadAfterMs: config.worker.deadAfterMs, token: config.metricsToken, log: apiLog }));
+  app.get("/metrics", metricsHandler(pool, { token: config.metricsToken, log: apiLog }));
   app.use("/graphql", authenticate(sessions, apiLog));
   app.post("/uploads", authenticate(sessions, apiLog), uploadHandler(pool, config, apiLog));
 

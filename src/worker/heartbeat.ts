@@ -1,6 +1,8 @@
 // Heartbeats and crash recovery. Every worker process upserts a heartbeat (every sixth of
-// WORKER_DEAD_AFTER_MS) into app_public.worker_processes, and every third of it asks
-// app_private.recover_dead_workers to release the jobs of processes silent for longer. That
+// WORKER_DEAD_AFTER_MS, which the row records as its dead_after: the overview, /healthz and
+// /metrics count it alive by that) into app_public.worker_processes, and every third of it asks
+// app_private.recover_dead_workers to release the jobs of processes silent for longer (and for
+// longer than their own setting, when that is longer). That
 // function takes an advisory lock, so one worker at a time does the work, and it never touches a
 // process whose heartbeat is fresh. Only a worker that has itself beaten without a gap for longer
 // than WORKER_DEAD_AFTER_MS judges the others, so after a database outage (when every heartbeat is
@@ -56,8 +58,9 @@ export class Heartbeat {
 
   async beat(): Promise<void> {
     if (!this.#id || this.#stopped) return;
-    await this.#pool.query("select app_private.heartbeat($1, $2, $3, $4, $5, $6, $7::interval)", [
+    await this.#pool.query("select app_private.heartbeat($1, $2, $3, $4, $5, $6, $7::interval, $8::interval)", [
       this.#id, os.hostname(), process.pid, this.#label, this.#tasks, this.#running(), `${Math.floor(this.#deadAfterMs / 2)} milliseconds`,
+      `${this.#deadAfterMs} milliseconds`,
     ]);
   }
 

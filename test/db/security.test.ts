@@ -124,6 +124,23 @@ describe("database security", () => {
     expect(rows[0]).toEqual({ private: false, worker: false });
   });
 
+  it("lets the visitor execute only the app_hidden functions its policies and requests need; the authenticator's are not its", async () => {
+    // Security definer functions here act for the API itself (sessions, /healthz, /metrics, job
+    // event listeners): the schema's default privileges grant the visitor execute, so each must be revoked.
+    const { rows } = await db.pool.query(
+      `select p.oid::regprocedure::text as fn from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'app_hidden' and p.prosecdef and has_function_privilege($1, p.oid, 'execute') order by 1`,
+      [db.run.roles.visitor],
+    );
+    expect(rows.map((r) => r.fn)).toEqual([
+      "app_hidden.current_user_is_admin()",
+      "app_hidden.my_company_ids()",
+      "app_hidden.my_exchange_ids()",
+      "app_hidden.my_worker_ids()",
+      "app_hidden.record_upload(text,text,bigint,text,interval)",
+    ]);
+  });
+
   it("lets a signed-in user read only their own user row; an admin reads all; job history is admin-only", async () => {
     const alice = await createUser(db);
     const bob = await createUser(db);

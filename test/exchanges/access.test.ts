@@ -85,6 +85,8 @@ describe("exchange mutations", () => {
     await withParticipants(db, org, x, [p, await person(db)]);
     await db.pool.query("update app_public.exchanges set state = 'MATCHING' where id = $1", [x]);
     expect(await attempt(p, "select app_public.withdraw_from_exchange($1)", [x])).toBe("EXSTA");
+    // Someone outside it learns nothing of its state: the same answer as for any exchange.
+    expect(await attempt(outsider, "select app_public.withdraw_from_exchange($1)", [x])).toBe("EXNPT");
   });
 
   it("a DBA cannot give an exchange another organiser (EXFIX) or an unknown zone (EXTZN)", async () => {

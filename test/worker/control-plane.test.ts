@@ -306,22 +306,31 @@ describe("the overview", () => {
       select graphile_worker.add_job('t_tick', '{"label": "c"}', run_at := now() + interval '1 day');
       select graphile_worker.add_job('t_flaky', '{"fail": true}', max_attempts := 1)`);
     await drainJobs(db, [flaky]);
+    // Alive by its own threshold (the default 30 s here), dead by it, and alive by its own longer one
+    // (a worker started with WORKER_DEAD_AFTER_MS=600000, beating every 100 s).
     await db.pool.query(
-      "insert into app_public.worker_processes (id, host, pid, label) values ('alive', 'h', 1, 'h:1'), ('silent', 'h', 2, 'h:2')",
+      `insert into app_public.worker_processes (id, host, pid, label, last_seen_at, dead_after) values
+         ('alive', 'h', 1, 'h:1', now(), default), ('silent', 'h', 2, 'h:2', now() - interval '5 minutes', default),
+         ('patient', 'h', 3, 'h:3', now() - interval '90 seconds', interval '10 minutes')`,
     );
-    await db.pool.query("update app_public.worker_processes set last_seen_at = now() - interval '5 minutes' where id = 'silent'");
     const { rows: runs } = await db.pool.query("select count(*)::int as n from app_public.job_runs where outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned') and started_at > now() - interval '1 day'");
 
     const res = await graphql(api, admin.token, "{ jobOverview { queued scheduled running failed oldestDueSeconds failuresLast24H workersAlive schedulerHealthy } }");
     expect(res.errors).toBeUndefined();
     const o = res.data.jobOverview;
-    expect(o).toMatchObject({ queued: 2, scheduled: 1, running: 0, failed: 1, failuresLast24H: runs[0].n, workersAlive: 1, schedulerHealthy: true });
+    expect(o).toMatchObject({ queued: 2, scheduled: 1, running: 0, failed: 1, failuresLast24H: runs[0].n, workersAlive: 2, schedulerHealthy: true });
     expect(runs[0].n).toBeGreaterThanOrEqual(2);
     expect(o.oldestDueSeconds).toBeGreaterThanOrEqual(89);
 
     const health = await (await fetch(`${api.url}/healthz`)).json();
-    expect(health).toMatchObject({ status: "ok", database: "ok", jobs: { queued: 2, scheduled: 1, failed: 1, workersAlive: 1, schedulerHealthy: true, failuresLast24h: runs[0].n } });
+    expect(health).toMatchObject({ status: "ok", database: "ok", jobs: { queued: 2, scheduled: 1, failed: 1, workersAlive: 2, schedulerHealthy: true, failuresLast24h: runs[0].n } });
     expect(JSON.stringify(health)).not.toMatch(/t_tick|t_flaky/);
+    // The same count whatever this API process's own WORKER_DEAD_AFTER_MS; a threshold given in
+    // GraphQL applies to every worker.
+    const given = async (deadAfter: unknown) =>
+      (await graphql(api, admin.token, "query($d: IntervalInput) { jobOverview(deadAfter: $d) { workersAlive } }", { d: deadAfter })).data.jobOverview.workersAlive;
+    expect(await given({ minutes: 6 })).toBe(3);
+    expect(await given({ seconds: 10 })).toBe(1);
 
     await db.pool.query("delete from app_public.worker_processes");
     const after = (await (await fetch(`${api.url}/healthz`)).json()) as { status: string; jobs: unknown };

@@ -86,6 +86,36 @@ describe("crash recovery", () => {
     expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
   });
 
+  it("a worker with a longer WORKER_DEAD_AFTER_MS than the judge's is judged by its own: not released while it beats on time", async () => {
+    const live = await startWorker({
+      ownerUrl: db.ownerUrl,
+      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }),
+      tasks: [slowTask],
+      log: testLog,
+      crontabFile: null,
+    });
+    try {
+      // Both silent for longer than the judge's 1 s. One set 10 minutes (it beats every 100 s) and
+      // was seen 20 s ago, which is on time; the other set 10 s and was seen a minute ago.
+      await db.pool.query(`insert into app_public.worker_processes (id, host, pid, label, last_seen_at, dead_after) values
+        ('pool-patient', 'h', 1, 'h:1', now() - interval '20 seconds', interval '10 minutes'),
+        ('pool-gone', 'h', 2, 'h:2', now() - interval '1 minute', interval '10 seconds')`);
+      const deadline = Date.now() + 5000;
+      while ((await count("select count(*)::int as n from app_public.worker_processes where id = 'pool-gone'")) > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await new Promise((r) => setTimeout(r, 1500)); // more recovery rounds than enough
+      const { rows } = await db.pool.query("select id, extract(epoch from dead_after)::float8 as dead_after_s from app_public.worker_processes order by id");
+      // The live worker's own row records its setting.
+      expect(rows).toEqual(
+        [{ id: live.heartbeat.id, dead_after_s: 1 }, { id: "pool-patient", dead_after_s: 600 }].sort((a, b) => (a.id! < b.id! ? -1 : 1)),
+      );
+    } finally {
+      await live.stop();
+      await db.pool.query("delete from app_public.worker_processes");
+    }
+  });
+
   it("after a database outage (every heartbeat old), nobody is declared dead until the judge has beaten again for WORKER_DEAD_AFTER_MS", async () => {
     await db.pool.query("delete from app_public.worker_processes");
     await db.pool.query(
