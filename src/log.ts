@@ -66,12 +66,21 @@ export function createLogger(options: LoggerOptions, base: Fields = {}): Logger 
   };
 }
 
-/** graphile-worker puts whole job rows (payload included) in its log metadata; keep only ids. */
+/**
+ * graphile-worker puts whole job rows (payload included) in its log metadata. Their payloads can
+ * hold what a task needs and nobody else should read: log lines carry job ids instead (job, a
+ * batch's jobs, a failed batch's specs).
+ */
 function withoutPayloads(meta: Fields): Fields {
-  if (!("job" in meta) && !("payload" in meta)) return meta;
-  const { job, payload: _payload, ...rest } = meta;
-  const id = (job as { id?: unknown } | undefined)?.id;
-  return id === undefined ? rest : { ...rest, job: id };
+  if (!("job" in meta) && !("payload" in meta) && !("jobs" in meta) && !("specs" in meta)) return meta;
+  const { job, payload: _payload, jobs, specs, ...rest } = meta;
+  const idOf = (j: unknown) => (j as { id?: unknown } | null | undefined)?.id;
+  const out: Fields = { ...rest };
+  if (idOf(job) !== undefined) out.job = idOf(job);
+  // A failed batch of completions (jobs) or failures (specs: {job, message}): their ids only.
+  if (Array.isArray(jobs)) out.jobs = jobs.map(idOf);
+  if (Array.isArray(specs)) out.jobs = specs.map((spec) => idOf((spec as { job?: unknown } | null)?.job));
+  return out;
 }
 
 /**

@@ -104,7 +104,7 @@ async function main() {
     if (shuttingDown) return;
     if (role.worker) {
       worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log });
-      void worker.runner.promise.catch(() => shutdown("the worker stopped with an error", 1));
+      void worker.died.then(() => shutdown("the worker stopped by itself", 1));
     }
     if (role.api && !shuttingDown) {
       const w = worker;

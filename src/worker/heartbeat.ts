@@ -87,6 +87,17 @@ export class Heartbeat {
   }
 
   /**
+   * Beats no more and judges nobody, leaving the heartbeat as it is: for a process whose runner
+   * died, so that a live worker's recovery releases its jobs once it is silent for long enough.
+   * stop() still does the rest later.
+   */
+  silence(): void {
+    this.#stopped = true;
+    for (const t of this.#timers) clearInterval(t);
+    this.#timers = [];
+  }
+
+  /**
    * Stops beating. After a clean stop (no job of this process still running) the heartbeat is
    * removed, a clean stop not being a death, and any job the pool still holds locked is unlocked
    * (graphile-worker 0.18 can leave its local queue's jobs locked at shutdown); `unstarted` are

@@ -50,6 +50,13 @@ export interface WorkerHandle {
   heartbeat: Heartbeat;
   /** True until the runner stops (by stop() or by a fatal error). */
   isRunning(): boolean;
+  /**
+   * Settles only if graphile-worker's runner stopped without stop() being called (its worker pool
+   * died: a job's completion failed for a reason it does not retry, say). The process then runs no
+   * jobs: it has stopped beating, so that crash recovery elsewhere releases what it holds, and its
+   * owner should call stop() and exit (main.ts does, with status 1, for a supervisor to restart).
+   */
+  died: Promise<void>;
   /** Graceful: finish running jobs, return unstarted ones, write history, end the pool. */
   stop(): Promise<void>;
 }
@@ -125,7 +132,15 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const events: WorkerEvents = new EventEmitter();
   const wake = w.exactWake ? new WakeScheduler(pool, { log: log.child({ component: "wake" }), concurrency: w.concurrency }) : null;
   wake?.attach(events);
-  const heartbeat = new Heartbeat(pool, {
+  // Heartbeats and crash recovery on connections of their own: a pool busy with jobs (or with the
+  // queries of jobs that overran their time limit, until statement_timeout ends them) must not
+  // delay a beat until the others take this live process for dead and run its jobs again.
+  const heartbeatPool = createPool(
+    options.ownerUrl,
+    { max: 2, name: "heartbeat", settings: `-c statement_timeout=${w.deadAfterMs} -c idle_in_transaction_session_timeout=${w.deadAfterMs}` },
+    log,
+  );
+  const heartbeat = new Heartbeat(heartbeatPool, {
     log: log.child({ component: "heartbeat" }),
     label: workerId,
     tasks: w.tasks,
@@ -175,21 +190,27 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     });
   } catch (err) {
     closeServices();
-    await Promise.all([pool.end(), historyPool.end()]);
+    await Promise.all([pool.end(), historyPool.end(), heartbeatPool.end()]);
     throw err;
   }
 
   await Promise.all([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
   let running = true;
-  const finished = runner.promise.then(
-    () => {
-      running = false;
-    },
-    (err: unknown) => {
-      running = false;
-      log.error("worker stopped with an error", { err });
-    },
-  );
+  let stopAsked = false;
+  let died!: () => void;
+  const diedPromise = new Promise<void>((resolve) => (died = resolve));
+  // graphile-worker 0.18's runner.promise resolves, not rejects, when its worker pool dies of an
+  // error (it logs "Runner stopping (reason: worker pool exited with error ...)" at warn level).
+  const stoppedByItself = (err?: unknown) => {
+    running = false;
+    if (stopAsked) return;
+    log.error("the worker stopped by itself and runs no more jobs; its heartbeat stops so that its jobs are recovered", {
+      err: err ?? "graphile-worker's runner ended (see its warning above)",
+    });
+    heartbeat.silence();
+    died();
+  };
+  const finished = runner.promise.then(() => stoppedByItself(), (err: unknown) => stoppedByItself(err));
   log.info("worker started", {
     workerId,
     tasks: selected.map((t) => t.identifier).join(","),
@@ -203,6 +224,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const stop = () =>
     (stopping ??= (async () => {
       shuttingDown = true;
+      stopAsked = true;
       log.info("worker stopping: finishing running jobs", { running: history.runningCount });
       const timeout = setTimeout(() => {
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
@@ -225,10 +247,10 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         await heartbeat.stop(clean, [...handingBack]);
         await history.close();
         closeServices();
-        await Promise.all([pool.end(), historyPool.end()]);
+        await Promise.all([pool.end(), historyPool.end(), heartbeatPool.end()]);
       }
       log.info("worker stopped");
     })());
 
-  return { workerId, runner, pool, history, wake, heartbeat, isRunning: () => running, stop };
+  return { workerId, runner, pool, history, wake, heartbeat, isRunning: () => running, died: diedPromise, stop };
 }

@@ -123,6 +123,6 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   worker.runner.events.on("cron:scheduled", ({ timestamp }) => console.log(`CRON ${timestamp}`));
   console.log(`READY ${worker.heartbeat.id}`);
   const exit = (code: number) => void worker.stop().finally(() => process.exit(code));
-  void worker.runner.promise.catch(() => exit(1));
+  void worker.died.then(() => exit(1));
   process.on("SIGTERM", () => exit(0));
 }

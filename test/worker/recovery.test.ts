@@ -2,7 +2,10 @@
 // locked (graphile-worker alone would wait four hours); a live worker notices the missing
 // heartbeats and releases them, and every job completes well within a minute of the kill.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createLogger } from "../../src/log.ts";
 import { startWorker } from "../../src/worker/runner.ts";
+import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { z } from "zod";
 import { createTestDb, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { slowTask, spawnWorkerProcess } from "../helpers/worker-process.ts";
 
@@ -115,6 +118,109 @@ describe("crash recovery", () => {
       await db.pool.query("delete from app_public.worker_processes");
     }
   });
+
+  it("a worker whose runner dies (a completion that fails for good) says so, stops beating, and its stop hands the job back", async () => {
+    const lines: string[] = [];
+    const worker = await startWorker({
+      ownerUrl: db.ownerUrl,
+      // With the local queue (the default), as deployed: graphile-worker batches completions and stops
+      // its pool when one fails for good. (Without it, such a failure is an unhandled rejection,
+      // which ends the process.)
+      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "3000" }),
+      tasks: [slowTask],
+      log: createLogger({ level: "debug", format: "json", write: (line) => lines.push(line) }),
+      crontabFile: null,
+    });
+    const locker = await db.pool.connect();
+    let died = false;
+    void worker.died.then(() => (died = true));
+    try {
+      const { rows } = await db.pool.query("select (graphile_worker.add_job('t_slow', json_build_object('n', 5001), job_key := 'dies')).id");
+      const jobId = rows[0].id as string;
+      const waitFor = async (what: string, check: () => Promise<boolean> | boolean, ms = 10_000) => {
+        const deadline = Date.now() + ms;
+        while (!(await check())) {
+          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      };
+      await waitFor("the job to start", async () => (await count("select count(*)::int as n from graphile_worker.jobs where id = $1 and locked_by is not null", [jobId])) === 1);
+      // A DBA's transaction holds the job's row while it runs (remove_job marks a running job not to
+      // run again); its completion waits, and is cancelled.
+      await locker.query("begin");
+      await locker.query("select graphile_worker.remove_job('dies')");
+      const blocked = async () =>
+        (await db.pool.query("select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and pid <> $1", [(locker as unknown as { processID: number }).processID])).rows;
+      await waitFor("the completion to wait on the lock", async () => (await blocked()).length > 0);
+      for (const { pid } of await blocked()) await db.pool.query("select pg_cancel_backend($1)", [pid]);
+      await locker.query("rollback");
+
+      await waitFor("the worker to report its death", () => died);
+      expect(worker.isRunning()).toBe(false);
+      const logged = lines.map((l) => JSON.parse(l) as { level: string; msg: string; jobs?: unknown });
+      expect(logged.find((l) => l.level === "error" && l.msg.startsWith("the worker stopped by itself"))).toBeDefined();
+      // graphile-worker's report of the failed batch names the job, without its payload.
+      expect(logged.find((l) => l.msg.startsWith("Failed to complete jobs"))?.jobs).toEqual([jobId]);
+      expect(lines.filter((l) => l.includes("5001"))).toEqual([]);
+      // No more beats (every 500 ms at 3 s): crash recovery elsewhere can release what it holds.
+      const seen = async () => (await db.pool.query("select last_seen_at from app_public.worker_processes where id = $1", [worker.heartbeat.id])).rows[0]?.last_seen_at as Date;
+      const before = await seen();
+      await new Promise((r) => setTimeout(r, 1200));
+      expect(await seen()).toEqual(before);
+      expect(await count("select count(*)::int as n from graphile_worker.jobs where id = $1 and locked_by is not null", [jobId])).toBe(1);
+      // Its stop hands the job back at once (it ran, but its completion never landed: at least once).
+      await worker.stop();
+      expect(await count("select count(*)::int as n from graphile_worker.jobs where id = $1 and locked_by is null", [jobId])).toBe(1);
+      expect(await count("select count(*)::int as n from app_public.worker_processes")).toBe(0);
+    } finally {
+      locker.release();
+      await worker.stop();
+      await db.pool.query("select graphile_worker.remove_job('dies')");
+    }
+  });
+
+  it("beats on time while its jobs hold every connection of the task pool", async () => {
+    // Each job waits on the database four times at once, for 4 s: two jobs ask for 8 connections
+    // of a pool of 5 (concurrency + 3) for longer than WORKER_DEAD_AFTER_MS.
+    const hog = resolveTask(
+      "t_hog",
+      defineTask({
+        description: "holds database connections (test)",
+        payload: z.object({}),
+        async run(_payload, { query }) {
+          await Promise.all(Array.from({ length: 4 }, () => query("select pg_sleep(4)")));
+        },
+      }),
+    );
+    await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_hog', 'test', 0, 1, 20000) on conflict do nothing");
+    const worker = await startWorker({
+      ownerUrl: db.ownerUrl,
+      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "3000", WORKER_CONCURRENCY: "2" }),
+      tasks: [hog],
+      log: testLog,
+      crontabFile: null,
+    });
+    try {
+      await db.pool.query("select graphile_worker.add_job('t_hog', '{}'), graphile_worker.add_job('t_hog', '{}')");
+      const deadline = Date.now() + 10_000;
+      while (worker.pool.waitingCount === 0 || worker.pool.totalCount < 5) {
+        if (Date.now() > deadline) throw new Error("the jobs never filled the pool");
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(worker.pool.waitingCount).toBeGreaterThan(0);
+      // While the pool is full (and queries wait for it), the heartbeat stays fresh: never older
+      // than two beat intervals (500 ms each here).
+      let stalest = 0;
+      for (let i = 0; i < 30; i++) {
+        stalest = Math.max(stalest, await count("select (extract(epoch from now() - last_seen_at) * 1000)::int as n from app_public.worker_processes where id = $1", [worker.heartbeat.id]));
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(worker.pool.waitingCount).toBeGreaterThan(0);
+      expect(stalest).toBeLessThan(1000);
+    } finally {
+      await worker.stop();
+    }
+  }, 30_000);
 
   it("after a database outage (every heartbeat old), nobody is declared dead until the judge has beaten again for WORKER_DEAD_AFTER_MS", async () => {
     await db.pool.query("delete from app_public.worker_processes");
