@@ -95,6 +95,39 @@ describe("magic-link login", () => {
     expect((await gql(LOGIN, { token: newer })).body.data.login.result).toEqual(expect.any(String));
   });
 
+  it("a failure after the claim (the token's insert) undoes the claim: the retry sends the link", async () => {
+    // The first token insert fails (a sequence, not a table: a failed statement's writes roll back).
+    await db.pool.query(`
+      create sequence public.t_token_inserts;
+      create function public.t_fail_first_token() returns trigger language plpgsql as $$
+      begin
+        if nextval('public.t_token_inserts') = 1 then raise exception 'injected: the token insert failed'; end if;
+        return new;
+      end $$;
+      create trigger t_fail_first_token before insert on app_private.magic_tokens for each row execute function public.t_fail_first_token();`);
+    try {
+      const before = smtp.received.length;
+      expect((await gql(REQUEST, { email: "retried@example.com" })).body.data.requestLoginLink.result).toBe(true);
+      const config = testConfig(db, { SMTP_URL: smtp.url, APP_URL: "https://app.example.com" });
+      await drainJobs(db, tasks, config, captureLog);
+      const delivery = async () =>
+        (await db.pool.query("select state from app_private.email_deliveries where recipient = 'retried@example.com'")).rows.map((r) => r.state);
+      // Not left 'sending' (which the next attempt would take for an interrupted send).
+      expect(await delivery()).toEqual(["pending"]);
+      const jobs = (await listJobs(db)).filter((j) => j.task_identifier === "users__send_login_link");
+      expect(jobs.map((j) => j.last_error)).toEqual([expect.stringContaining("injected")]);
+      await db.pool.query("select graphile_worker.reschedule_jobs(array[$1]::bigint[], run_at := now())", [jobs[0]!.id]);
+      await drainJobs(db, tasks, config, captureLog);
+      expect(await delivery()).toEqual(["sent"]);
+      const mail = smtp.received.slice(before).filter((m) => m.to === "retried@example.com");
+      expect(mail).toHaveLength(1);
+      const token = /login\?token=([A-Za-z0-9_-]{43})/.exec(mail[0]!.text)?.[1];
+      expect((await gql(LOGIN, { token })).body.data.login.result).toEqual(expect.any(String));
+    } finally {
+      await db.pool.query("drop trigger t_fail_first_token on app_private.magic_tokens; drop function public.t_fail_first_token(); drop sequence public.t_token_inserts");
+    }
+  });
+
   it("never stores or logs the raw token: not in any text or json column of any table, nor in a log line", async () => {
     logLines.length = 0;
     const token = await linkFor("secret@example.com");
