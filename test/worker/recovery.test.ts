@@ -2,9 +2,9 @@
 // locked (graphile-worker alone would wait four hours); a live worker notices the missing
 // heartbeats and releases them, and every job completes well within a minute of the kill.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createLogger } from "../../src/log.ts";
+import { createLogger, type Logger } from "../../src/log.ts";
 import { startWorker } from "../../src/worker/runner.ts";
-import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/task.ts";
 import { z } from "zod";
 import { createTestDb, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { slowTask, spawnWorkerProcess } from "../helpers/worker-process.ts";
@@ -22,6 +22,10 @@ afterAll(async () => {
 
 const count = async (sql: string, params: unknown[] = []) => (await db.pool.query(sql, params)).rows[0].n as number;
 
+/** A worker in this process (no crontab) with these settings. */
+const inProcessWorker = (env: Record<string, string>, tasks: ResolvedTask[] = [slowTask], log: Logger = testLog) =>
+  startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db, env), tasks, log, crontabFile: null });
+
 describe("crash recovery", () => {
   it("a SIGKILLed worker's 200 jobs all complete, the orphans within a minute of the kill, and its running history is marked abandoned", async () => {
     await db.pool.query(
@@ -38,13 +42,7 @@ describe("crash recovery", () => {
     const locked = await count("select count(*)::int as n from graphile_worker.jobs where locked_by = $1", [poolId]);
     expect(locked).toBeGreaterThan(0);
 
-    const survivor = await startWorker({
-      ownerUrl: db.ownerUrl,
-      config: testConfig(db, { WORKER_CONCURRENCY: "20", WORKER_DEAD_AFTER_MS: "3000" }),
-      tasks: [slowTask],
-      log: testLog,
-      crontabFile: null,
-    });
+    const survivor = await inProcessWorker({ WORKER_CONCURRENCY: "20", WORKER_DEAD_AFTER_MS: "3000" });
     try {
       while ((await count("select count(*)::int as n from public.t_done")) < 200) {
         if (Date.now() - killedAt > 60_000) break;
@@ -65,13 +63,7 @@ describe("crash recovery", () => {
   });
 
   it("a live worker's heartbeat is never taken for dead; a stale one is removed by the live worker's own recovery loop", async () => {
-    const live = await startWorker({
-      ownerUrl: db.ownerUrl,
-      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }),
-      tasks: [slowTask],
-      log: testLog,
-      crontabFile: null,
-    });
+    const live = await inProcessWorker({ WORKER_DEAD_AFTER_MS: "1000" });
     try {
       // A stale heartbeat from a process that is gone, and the live worker's own: the live
       // worker's recovery loop (every third of a second here) removes only the stale one.
@@ -90,13 +82,7 @@ describe("crash recovery", () => {
   });
 
   it("a worker with a longer WORKER_DEAD_AFTER_MS than the judge's is judged by its own: not released while it beats on time", async () => {
-    const live = await startWorker({
-      ownerUrl: db.ownerUrl,
-      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }),
-      tasks: [slowTask],
-      log: testLog,
-      crontabFile: null,
-    });
+    const live = await inProcessWorker({ WORKER_DEAD_AFTER_MS: "1000" });
     try {
       // Both silent for longer than the judge's 1 s. One set 10 minutes (it beats every 100 s) and
       // was seen 20 s ago, which is on time; the other set 10 s and was seen a minute ago.
@@ -121,16 +107,11 @@ describe("crash recovery", () => {
 
   it("a worker whose runner dies (a completion that fails for good) says so, stops beating, and its stop hands the job back", async () => {
     const lines: string[] = [];
-    const worker = await startWorker({
-      ownerUrl: db.ownerUrl,
-      // With the local queue (the default), as deployed: graphile-worker batches completions and stops
-      // its pool when one fails for good. (Without it, such a failure is an unhandled rejection,
-      // which ends the process.)
-      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "3000" }),
-      tasks: [slowTask],
-      log: createLogger({ level: "debug", format: "json", write: (line) => lines.push(line) }),
-      crontabFile: null,
-    });
+    // With the local queue (the default), as deployed: graphile-worker batches completions and stops
+    // its pool when one fails for good. (Without it, such a failure is an unhandled rejection,
+    // which ends the process.)
+    const log = createLogger({ level: "debug", format: "json", write: (line) => lines.push(line) });
+    const worker = await inProcessWorker({ WORKER_DEAD_AFTER_MS: "3000" }, [slowTask], log);
     const locker = await db.pool.connect();
     let died = false;
     void worker.died.then(() => (died = true));
@@ -193,13 +174,7 @@ describe("crash recovery", () => {
       }),
     );
     await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_hog', 'test', 0, 1, 20000) on conflict do nothing");
-    const worker = await startWorker({
-      ownerUrl: db.ownerUrl,
-      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "3000", WORKER_CONCURRENCY: "2" }),
-      tasks: [hog],
-      log: testLog,
-      crontabFile: null,
-    });
+    const worker = await inProcessWorker({ WORKER_DEAD_AFTER_MS: "3000", WORKER_CONCURRENCY: "2" }, [hog]);
     try {
       await db.pool.query("select graphile_worker.add_job('t_hog', '{}'), graphile_worker.add_job('t_hog', '{}')");
       const deadline = Date.now() + 10_000;
