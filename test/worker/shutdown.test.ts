@@ -23,6 +23,11 @@ let blockedStarted: () => void;
 const blockedStartedOnce = new Promise<void>((r) => (blockedStarted = r));
 let unblock: () => void;
 const unblocked = new Promise<void>((r) => (unblock = r));
+let outageStarted: () => void;
+const outageStartedOnce = new Promise<void>((r) => (outageStarted = r));
+let releaseOutage: () => void;
+const outageReleased = new Promise<void>((r) => (releaseOutage = r));
+let outageRuns = 0;
 const tasks = [
   resolveTask("t_finishes_during_shutdown", defineTask({
     description: "takes a while, and finishes after shutdown has begun",
@@ -41,6 +46,15 @@ const tasks = [
     async run() {
       heldStarted();
       await heldReleased;
+    },
+  })),
+  resolveTask("t_finishes_in_an_outage", defineTask({
+    description: "finishes once the test lets it, while the worker's connections are being cut",
+    payload: z.object({}),
+    async run() {
+      outageStarted();
+      await outageReleased;
+      outageRuns++;
     },
   })),
   resolveTask("t_blocks", defineTask({
@@ -109,6 +123,40 @@ describe("graceful shutdown", () => {
     const { rows } = await db.pool.query("select count(*)::int as n from app_public.worker_processes");
     expect(rows[0].n).toBe(0);
     await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs))");
+  });
+
+  it("a clean stop during an outage waits for the completion being retried, instead of handing its job back", async () => {
+    await db.pool.query("select graphile_worker.add_job('t_finishes_in_an_outage', '{}'::json)");
+    const worker = await startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db), tasks, log: testLog, crontabFile: null });
+    await outageStartedOnce;
+    // For 5 s every connection of the worker's job pool is cut as soon as it is seen (the history
+    // and heartbeat pools are left alone): the job finishes in the middle of it, and its completion
+    // is retried until the cuts stop. The stop must wait for it rather than hand the job back
+    // (unlocked, it would run again).
+    let cutting = true;
+    const cuts = db.pool
+      .query(`do $$
+        declare
+          v_until timestamptz := clock_timestamp() + interval '5 seconds';
+        begin
+          while clock_timestamp() < v_until loop
+            perform pg_stat_clear_snapshot();
+            perform pg_terminate_backend(pid) from pg_stat_activity
+            where datname = current_database() and application_name = 'hourglass-worker';
+            perform pg_sleep(0.001);
+          end loop;
+        end $$`)
+      .then(() => (cutting = false));
+    const stopped = worker.stop();
+    await new Promise((r) => setTimeout(r, 200));
+    releaseOutage();
+    await Promise.all([stopped, cuts]);
+    expect(cutting).toBe(false);
+    expect(outageRuns).toBe(1);
+    // Completed, not handed back to run again; and the stop was clean (its heartbeat removed).
+    expect((await listJobs(db)).filter((j) => j.task_identifier === "t_finishes_in_an_outage")).toEqual([]);
+    const { rows } = await db.pool.query("select count(*)::int as n from app_public.worker_processes");
+    expect(rows[0].n).toBe(0);
   });
 
   it("app_private.forget_worker unlocks the jobs a pool still holds; the unstarted ones get their attempt back", async () => {
