@@ -4,9 +4,11 @@
 // A draw must be fair (no participant should be able to guess their giver from how the algorithm
 // works), so we sample uniformly among all valid assignments when that is cheap: uniform random
 // permutations, rejected until one is valid. Heavy exclusions can make valid permutations too rare
-// for that, and an impossible set would make it spin forever, so feasibility is decided exactly
-// first (a perfect matching on the allowed giver→receiver graph) and a randomised matching is the
-// fallback when sampling gives up.
+// for that, and an impossible set would make it spin forever, so when a first few samples fail,
+// feasibility is decided exactly (a perfect matching on the allowed giver→receiver graph) and a
+// randomised matching is the fallback when sampling gives up. The first samples cost O(n) each
+// while the exact decision costs O(n²) (seconds from about 20,000 participants, with the worker's
+// event loop blocked: no heartbeat, no time limit), so a typical exchange never pays for it.
 import { randomInt } from "node:crypto";
 
 export type ParticipantId = string; // ids arrive as strings (bigint from Postgres)
@@ -23,6 +25,8 @@ export type MatchResult =
 
 /** Enough for any exchange where valid permutations are not vanishingly rare (without exclusions ~1/e are valid). */
 const SAMPLING_ATTEMPTS = 20_000;
+/** Before the exact check: without exclusions all 64 fail with probability (1 - 1/e)^64, about 2e-13. */
+const FIRST_SAMPLES = 64;
 /** Ids listed in a reason before the rest are only counted: the organiser needs a lead, not a dump. */
 const IDS_IN_REASON = 8;
 
@@ -60,12 +64,17 @@ export function assign(input: MatchInput, random?: () => number): MatchResult {
     ? (bound) => Math.min(bound - 1, Math.floor(random() * bound))
     : (bound) => randomInt(bound);
 
+  const drawn = (receiverOf: Int32Array): MatchResult => ({ ok: true, pairs: ids.map((giver, g) => ({ giver, receiver: ids[receiverOf[g]!]! })) });
+  // Any valid permutation the sampler returns is uniform among valid ones, whether or not the
+  // exact check ran before it.
+  const first = sample(n, allowed, randomIndex, FIRST_SAMPLES);
+  if (first) return drawn(first);
+
   const identity = Int32Array.from({ length: n }, (_, i) => i);
   const exact = maximumMatching(n, allowed, identity, (_g, k) => k);
   if (exact.size < n) return { ok: false, reason: `No assignment satisfies the exclusions: ${explain(ids, allowed, exact.receiverOf)}` };
 
-  const receiverOf = sample(n, allowed, randomIndex) ?? randomisedMatching(n, allowed, randomIndex);
-  return { ok: true, pairs: ids.map((giver, g) => ({ giver, receiver: ids[receiverOf[g]!]! })) };
+  return drawn(sample(n, allowed, randomIndex, SAMPLING_ATTEMPTS - FIRST_SAMPLES) ?? randomisedMatching(n, allowed, randomIndex));
 }
 
 /**
@@ -73,16 +82,16 @@ export function assign(input: MatchInput, random?: () => number): MatchResult {
  * and we keep exactly the valid ones. Fisher–Yates fixes one position per step, so a permutation is
  * abandoned at its first bad position; that only skips work on one already rejected.
  */
-function sample(n: number, allowed: Allowed, randomIndex: RandomIndex): Int32Array | null {
+function sample(n: number, allowed: Allowed, randomIndex: RandomIndex, attempts: number): Int32Array | null {
   const perm = new Int32Array(n);
-  attempts: for (let attempt = 0; attempt < SAMPLING_ATTEMPTS; attempt++) {
+  tries: for (let attempt = 0; attempt < attempts; attempt++) {
     for (let i = 0; i < n; i++) perm[i] = i;
     for (let i = n - 1; i >= 0; i--) {
       const j = i === 0 ? 0 : randomIndex(i + 1);
       const pick = perm[j]!;
       perm[j] = perm[i]!;
       perm[i] = pick;
-      if (!allowed(i, pick)) continue attempts;
+      if (!allowed(i, pick)) continue tries;
     }
     return perm;
   }

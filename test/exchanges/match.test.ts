@@ -176,6 +176,22 @@ describe("gift exchange draw", () => {
     expectValid(input, assign(input));
   });
 
+  it("draws for 100,000 participants with a few exclusions (sampled: no exact check of a 10^10-pair graph first)", () => {
+    const random = mulberry32(9);
+    const people = ids(100_000);
+    const exclusions: [string, string][] = Array.from({ length: 50 }, (_, i) => [people[2 * i]!, people[2 * i + 1]!]);
+    const input: MatchInput = { participants: people, exclusions };
+    const result = assign(input, random);
+    if (!result.ok) throw new Error(result.reason);
+    // The rules, checked in O(n) (expectValid's sorting and matchers are slow at this size).
+    const receivers = new Set(result.pairs.map((p) => p.receiver));
+    expect(result.pairs.map((p) => p.giver)).toEqual(people);
+    expect(receivers.size).toBe(people.length);
+    expect(result.pairs.filter((p) => p.giver === p.receiver)).toEqual([]);
+    const excluded = new Set(exclusions.flatMap(([a, b]) => [`${a}>${b}`, `${b}>${a}`]));
+    expect(result.pairs.filter((p) => excluded.has(`${p.giver}>${p.receiver}`))).toEqual([]);
+  });
+
   it("still finds an assignment when valid ones are too rare to sample (neighbours on a ring only)", () => {
     const people = ids(20);
     const exclusions: [string, string][] = [];
