@@ -226,16 +226,26 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       shuttingDown = true;
       stopAsked = true;
       log.info("worker stopping: finishing running jobs", { running: history.runningCount });
+      // At the time limit the runner is killed, and the stop goes on without waiting for jobs that
+      // ignore their abort signal (graphile-worker's stop would wait for them for ever): they are
+      // recorded abandoned, the heartbeat stays, and a live worker's crash recovery runs them again.
+      let killed!: () => void;
+      const killedPromise = new Promise<void>((resolve) => (killed = resolve));
       const timeout = setTimeout(() => {
         log.warn("worker did not stop in time; abandoning running jobs", { running: history.runningCount });
         forced = true;
-        void runner.kill().catch(() => {});
+        void runner.kill().catch(() => {}).finally(killed);
       }, w.shutdownTimeoutMs);
       wake?.stop();
       try {
         // A runner that already died (its promise rejected) refuses stop(); its cleanup below still runs.
-        if (running) await runner.stop();
-        await finished;
+        await Promise.race([
+          (async () => {
+            if (running) await runner.stop();
+            await finished;
+          })(),
+          killedPromise,
+        ]);
       } catch (err) {
         log.error("worker did not stop cleanly", { err });
       } finally {

@@ -15,6 +15,7 @@ afterAll(async () => {
 let started: () => void;
 const startedOnce = new Promise<void>((r) => (started = r));
 let runs = 0;
+let longFinished = false;
 let heldStarted: () => void;
 const heldStartedOnce = new Promise<void>((r) => (heldStarted = r));
 let releaseHeld: () => void;
@@ -23,6 +24,9 @@ let blockedStarted: () => void;
 const blockedStartedOnce = new Promise<void>((r) => (blockedStarted = r));
 let unblock: () => void;
 const unblocked = new Promise<void>((r) => (unblock = r));
+let stubborn = true;
+let stubbornStarted: () => void;
+const stubbornStartedOnce = new Promise<void>((r) => (stubbornStarted = r));
 let outageStarted: () => void;
 const outageStartedOnce = new Promise<void>((r) => (outageStarted = r));
 let releaseOutage: () => void;
@@ -35,7 +39,8 @@ const tasks = [
     async run() {
       runs++;
       started();
-      await new Promise((r) => setTimeout(r, 1500));
+      await new Promise((r) => setTimeout(r, 3000));
+      longFinished = true;
       return { finished: true };
     },
   })),
@@ -46,6 +51,15 @@ const tasks = [
     async run() {
       heldStarted();
       await heldReleased;
+    },
+  })),
+  resolveTask("t_ignores_its_signal", defineTask({
+    description: "the first time, runs for a minute whatever it is told; then at once",
+    payload: z.object({}),
+    async run() {
+      if (!stubborn) return { quick: true };
+      stubbornStarted();
+      await new Promise((r) => setTimeout(r, 60_000).unref());
     },
   })),
   resolveTask("t_finishes_in_an_outage", defineTask({
@@ -75,7 +89,13 @@ describe("graceful shutdown", () => {
     const config = testConfig(db, { WORKER_CONCURRENCY: "1", WORKER_LOCAL_QUEUE_SIZE: "50", WORKER_POLL_INTERVAL_MS: "100" });
     const worker = await startWorker({ ownerUrl: db.ownerUrl, config, tasks, log: testLog, crontabFile: null });
     await startedOnce;
-    await new Promise((r) => setTimeout(r, 1100)); // the quick jobs are due (and batched) meanwhile
+    // The quick jobs become due and are fetched (locked) into the local queue meanwhile.
+    const fetchedBy = Date.now() + 10_000;
+    while ((await listJobs(db)).filter((j) => j.task_identifier === "t_quick" && j.locked_by !== null).length < 20) {
+      if (Date.now() > fetchedBy) throw new Error("the quick jobs were never fetched");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(longFinished).toBe(false);
     await worker.stop();
 
     const jobs = await listJobs(db);
@@ -133,7 +153,6 @@ describe("graceful shutdown", () => {
     // and heartbeat pools are left alone): the job finishes in the middle of it, and its completion
     // is retried until the cuts stop. The stop must wait for it rather than hand the job back
     // (unlocked, it would run again).
-    let cutting = true;
     const cuts = db.pool
       .query(`do $$
         declare
@@ -145,19 +164,46 @@ describe("graceful shutdown", () => {
             where datname = current_database() and application_name = 'hourglass-worker';
             perform pg_sleep(0.001);
           end loop;
-        end $$`)
-      .then(() => (cutting = false));
+        end $$`);
     const stopped = worker.stop();
     await new Promise((r) => setTimeout(r, 200));
     releaseOutage();
     await Promise.all([stopped, cuts]);
-    expect(cutting).toBe(false);
     expect(outageRuns).toBe(1);
+    expect((await jobRuns(db, "t_finishes_in_an_outage")).map((r) => r.outcome)).toEqual(["succeeded"]);
     // Completed, not handed back to run again; and the stop was clean (its heartbeat removed).
     expect((await listJobs(db)).filter((j) => j.task_identifier === "t_finishes_in_an_outage")).toEqual([]);
     const { rows } = await db.pool.query("select count(*)::int as n from app_public.worker_processes");
     expect(rows[0].n).toBe(0);
   });
+
+  it("a stop that runs out of SHUTDOWN_TIMEOUT_MS records the running job abandoned and leaves its heartbeat; a live worker recovers the job", async () => {
+    const { rows: added } = await db.pool.query("select (graphile_worker.add_job('t_ignores_its_signal', '{}'::json)).id::text as id");
+    const jobId = added[0].id as string;
+    const doomed = await startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db, { SHUTDOWN_TIMEOUT_MS: "1000", WORKER_DEAD_AFTER_MS: "3000" }), tasks, log: testLog, crontabFile: null });
+    await stubbornStartedOnce;
+    await doomed.stop();
+    const runs = async () => (await jobRuns(db, "t_ignores_its_signal")).map((r) => [r.job_id, r.outcome]);
+    expect(await runs()).toEqual([[jobId, "abandoned"]]);
+    const { rows: beats } = await db.pool.query("select id from app_public.worker_processes");
+    expect(beats).toEqual([{ id: doomed.heartbeat.id }]);
+    expect((await listJobs(db)).filter((j) => j.id === jobId).map((j) => j.locked_by)).toEqual([doomed.heartbeat.id]);
+
+    stubborn = false;
+    const live = await startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000" }), tasks, log: testLog, crontabFile: null });
+    try {
+      const deadline = Date.now() + 15_000;
+      while ((await runs()).length < 2) {
+        if (Date.now() > deadline) throw new Error("the abandoned job was not recovered");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(await runs()).toEqual([[jobId, "abandoned"], [jobId, "succeeded"]]);
+    } finally {
+      await live.stop();
+    }
+    const { rows: after } = await db.pool.query("select count(*)::int as n from app_public.worker_processes");
+    expect(after[0].n).toBe(0);
+  }, 30_000);
 
   it("app_private.forget_worker unlocks the jobs a pool still holds; the unstarted ones get their attempt back", async () => {
     await db.pool.query("select graphile_worker.add_job('t_blocks', '{}'::json, run_at := now() - interval '1 minute')");
