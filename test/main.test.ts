@@ -5,6 +5,7 @@ import { existsSync } from "node:fs";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDb, type TestDb } from "./helpers/db.ts";
 
@@ -106,6 +107,17 @@ describe("npm start", () => {
           body: JSON.stringify({ query: "{ currentUser { email } }" }),
         });
         expect(await r.json()).toEqual({ data: { currentUser: null } });
+        // The same cluster both times: a row written in the first is there in the second.
+        const password = (await fs.readFile(path.join(dataDir, "postgres.password"), "utf8")).trim();
+        const owner = new pg.Client({ connectionString: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/hourglass` });
+        await owner.connect();
+        try {
+          if (round === "first start") await owner.query("create table public.t_marker as select 'from the first start'::text as note");
+          const { rows } = await owner.query("select note from public.t_marker");
+          expect(rows, round).toEqual([{ note: "from the first start" }]);
+        } finally {
+          await owner.end();
+        }
         if (round === "first start") {
           // A second process on the same DATA_DIR must not take the running server away.
           const intruder = start([], { DATA_DIR: dataDir, PORT: "0", EMBEDDED_PG_PORT: port });

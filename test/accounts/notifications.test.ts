@@ -18,11 +18,11 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function notify(userId: string, title: string, opts: { type?: string; age?: string; read?: boolean } = {}) {
+async function notify(userId: string, title: string, opts: { type?: string; age?: string; read?: boolean; emailed?: boolean } = {}) {
   const { rows } = await db.pool.query<{ id: string }>(
-    `insert into app_public.notifications (user_id, type, title, created_at, is_read, read_at)
-     values ($1, $2, $3, now() - $4::interval, $5, case when $5 then now() end) returning id::text`,
-    [userId, opts.type ?? "offer.sent", title, opts.age ?? "1 minute", opts.read ?? false],
+    `insert into app_public.notifications (user_id, type, title, created_at, is_read, read_at, emailed)
+     values ($1, $2, $3, now() - $4::interval, $5, case when $5 then now() end, $6) returning id::text`,
+    [userId, opts.type ?? "offer.sent", title, opts.age ?? "1 minute", opts.read ?? false, opts.emailed ?? false],
   );
   return rows[0]!.id;
 }
@@ -88,6 +88,10 @@ describe("notifications", () => {
     await db.pool.query("insert into app_public.notification_preferences (user_id, type, email) values ($1, 'muted.kind', false)", [b.id]);
     await notify(c.id, "already read", { read: true });
     await notify(d.id, "too old", { age: "2 days" });
+    // Emailed on their own already (an offer's event): left out, and a user with only those gets no digest.
+    await notify(a.id, "Emailed already", { age: "2 hours", emailed: true });
+    const e = await createUser(db, { email: "digest-e@example.com" });
+    await notify(e.id, "Emailed already", { emailed: true });
 
     const asOf = new Date().toISOString();
     for (let i = 0; i < 2; i++) {
@@ -99,6 +103,7 @@ describe("notifications", () => {
     const mail = smtp.received[0]!;
     expect(mail.subject).toBe("Your Hourglass digest: 2 unread");
     expect(mail.text).toContain("- Offer from ACME\n- Offer <from> Initech");
+    expect(mail.text).not.toContain("Emailed already");
     expect(mail.html).toContain("Offer &lt;from&gt; Initech");
   });
 });

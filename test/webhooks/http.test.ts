@@ -129,8 +129,16 @@ describe("bounded attempts", () => {
     expect(o.error).toMatch(/timed out after 500 ms/);
   });
 
-  it("reads at most 64 KiB of a 10 MB answer", async () => {
+  it("reads at most 64 KiB of a 10 MB answer and hangs up on the rest", async () => {
+    let whole: boolean | undefined;
+    let closed!: () => void;
+    const serverDone = new Promise<void>((r) => (closed = r));
     respond = (_req, res) => {
+      // Whether all 10 MB went out before the connection closed (it must not: the client cut it off).
+      res.on("close", () => {
+        whole = res.writableFinished;
+        closed();
+      });
       res.writeHead(200, { "content-type": "application/octet-stream" });
       const chunk = Buffer.alloc(64 * 1024, 120);
       let sent = 0;
@@ -148,6 +156,8 @@ describe("bounded attempts", () => {
     expect(o.statusCode).toBe(200);
     expect(o.bytesRead).toBeLessThanOrEqual(MAX_RESPONSE_BYTES);
     expect(o.bytesRead).toBeGreaterThan(0);
+    await serverDone;
+    expect(whole).toBe(false);
   });
 
   it("reads Retry-After as seconds or as an HTTP date", () => {

@@ -47,10 +47,13 @@ describe("exact wake-ups", () => {
 
   it("a job scheduled before the worker started is woken for too (wake-ups are read at start)", async () => {
     await db.pool.query("delete from app_public.job_runs");
-    await db.pool.query("select app_private.add_job('t_wake', '{}', run_at := now() + interval '2 seconds')");
+    const { rows } = await db.pool.query("select app_private.add_job('t_wake', '{}', run_at := now() + interval '5 seconds'), now() + interval '5 seconds' as run_at");
     const worker = await startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db, slowPoll), tasks, log: testLog, crontabFile: null });
     try {
+      // Started before the job was due (else its first fetch would find it, wake-ups or not).
+      expect(Date.now()).toBeLessThan((rows[0].run_at as Date).getTime());
       expect(await ranWithin(8000)).toBe(true);
+      expect(worker.wake!.nudges).toBeGreaterThan(0);
     } finally {
       await worker.stop();
     }
