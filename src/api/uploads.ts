@@ -18,6 +18,8 @@ import { unexpected } from "./errors.ts";
 
 class TooLarge extends Error {}
 class Aborted extends Error {}
+/** The request is not the multipart form it claims to be (no boundary, a malformed part). */
+class BadForm extends Error {}
 
 function fail(res: Response, status: number, code: string, message: string) {
   res.status(status).json({ errors: [{ message, extensions: { code } }] });
@@ -40,7 +42,21 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
     let current: Readable | null = null;
     try {
       await new Promise<void>((resolve, reject) => {
-        const bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: config.uploads.maxBytes, fields: 0 } });
+        let bb: busboy.Busboy;
+        try {
+          // One byte over the limit is what busboy counts as too large: a file of exactly
+          // FILE_UPLOAD_MAX_BYTES is accepted.
+          bb = busboy({ headers: req.headers, limits: { files: 1, fileSize: config.uploads.maxBytes + 1, fields: 0 } });
+        } catch (err) {
+          return reject(new BadForm((err as Error).message));
+        }
+        // Stops reading the request: whatever the client still sends is not read (the answer
+        // closes the connection), so a refusal does not wait for the rest of a large body.
+        const stop = (err: Error) => {
+          req.unpipe(bb);
+          current?.destroy(err);
+          reject(err);
+        };
         bb.on("file", (field, stream, info) => {
           if (field !== "file" || stored) {
             stream.resume();
@@ -49,12 +65,16 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
           current = stream;
           let size = 0;
           stream.on("data", (chunk: Buffer) => (size += chunk.length));
-          stream.on("limit", () => reject(new TooLarge()));
+          stream.on("limit", () => stop(new TooLarge()));
           const entry = { name: info.filename ?? "upload", type: info.mimeType, size: 0 };
           stored = entry;
-          writes.push(pipeline(stream, createWriteStream(file, { flags: "wx" })).then(() => void (entry.size = size)));
+          // A write that fails (disk full, no permission) fails the upload at once: busboy would
+          // otherwise wait for ever on the destroyed stream.
+          const write = pipeline(stream, createWriteStream(file, { flags: "wx" })).then(() => void (entry.size = size));
+          write.catch((err: unknown) => stop(err instanceof Error ? err : new Error(String(err))));
+          writes.push(write);
         });
-        bb.on("error", reject);
+        bb.on("error", (err: Error) => stop(new BadForm(err.message)));
         bb.on("close", () => Promise.all(writes).then(() => resolve(), reject));
         // A client that goes away mid-upload: busboy would wait for ever, and the partial file
         // would have no row for the cleanup to find. Fail the file stream; the catch removes it.
@@ -89,8 +109,11 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
     } catch (err) {
       await Promise.allSettled(writes);
       await fs.rm(file, { force: true });
-      if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
       if (err instanceof Aborted) return void log.info("upload aborted by the client; nothing kept");
+      // The rest of the request body is left unread: the connection closes after this answer.
+      if (!req.complete) res.set("connection", "close");
+      if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
+      if (err instanceof BadForm) return fail(res, 400, "BAD_MULTIPART", `Not a valid multipart/form-data body: ${err.message}.`);
       res.status(500).json({ errors: [unexpected(log, "upload failed", err)] });
     }
   };

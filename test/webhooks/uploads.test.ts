@@ -2,6 +2,7 @@
 // 6-hourly cleanup deletes exactly the expired files and rows (a file already gone is fine), and
 // file.expiring goes out once per file.
 import fs from "node:fs/promises";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -81,6 +82,65 @@ describe("POST /uploads", () => {
     expect(await fs.readdir(uploadsDir())).toEqual(files);
     const { rows: after } = await db.pool.query("select count(*)::int as n from app_public.upload_files");
     expect(after[0].n).toBe(before[0].n);
+  });
+});
+
+describe("POST /uploads: limits and bad forms", () => {
+  it("accepts a file of exactly FILE_UPLOAD_MAX_BYTES and refuses one byte more", async () => {
+    const exact = await upload(owner.token, "x".repeat(4096));
+    expect(exact.status).toBe(201);
+    expect(exact.body.size).toBe(4096);
+    expect((await upload(owner.token, "x".repeat(4097))).status).toBe(413);
+  });
+
+  it("answers 413 without reading the rest of a large body, and the connection closes", async () => {
+    const url = new URL(`${api.url}/uploads`);
+    const boundary = "----hourglass-test";
+    const head = `--${boundary}\r\ncontent-disposition: form-data; name="file"; filename="big.bin"\r\ncontent-type: application/octet-stream\r\n\r\n`;
+    const chunk = Buffer.alloc(64 * 1024, 120);
+    const total = 256 * 1024 * 1024; // far more than this test could send before its timeout, were it all read
+    let sent = 0;
+    const answer = await new Promise<{ status: number; body: any; sent: number }>((resolve, reject) => {
+      const req = http.request(
+        { host: url.hostname, port: url.port, path: url.pathname, method: "POST",
+          headers: { authorization: `Bearer ${owner.token}`, "content-type": `multipart/form-data; boundary=${boundary}`, "content-length": String(head.length + total) } },
+        (res) => {
+          const sentAtAnswer = sent;
+          const parts: Buffer[] = [];
+          res.on("data", (d: Buffer) => parts.push(d));
+          res.on("end", () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(parts).toString()), sent: sentAtAnswer }));
+        },
+      );
+      req.on("error", (err: NodeJS.ErrnoException) => {
+        // The server hanging up on the unread rest (EPIPE / ECONNRESET) after answering is expected.
+        if (err.code !== "EPIPE" && err.code !== "ECONNRESET") reject(err);
+      });
+      req.write(head);
+      const pump = () => {
+        while (sent < total) {
+          sent += chunk.length;
+          if (!req.write(chunk)) return void req.once("drain", pump);
+        }
+        req.end();
+      };
+      pump();
+    });
+    expect(answer.status).toBe(413);
+    expect(answer.body.errors[0].extensions.code).toBe("FILE_TOO_LARGE");
+    expect(answer.sent).toBeLessThan(total / 4);
+  });
+
+  it("answers 400 BAD_MULTIPART to a form without a boundary or with a malformed part, and keeps nothing", async () => {
+    const files = await fs.readdir(uploadsDir());
+    const post = async (contentType: string, body: string) => {
+      const res = await fetch(`${api.url}/uploads`, { method: "POST", headers: { authorization: `Bearer ${owner.token}`, "content-type": contentType }, body });
+      return { status: res.status, body: (await res.json()) as any };
+    };
+    const noBoundary = await post("multipart/form-data", "whatever");
+    expect([noBoundary.status, noBoundary.body.errors[0].extensions.code]).toEqual([400, "BAD_MULTIPART"]);
+    const malformed = await post("multipart/form-data; boundary=xyz", "--xyz\r\nthis is not a header\r\n\r\ndata\r\n--xyz--\r\n");
+    expect([malformed.status, malformed.body.errors[0].extensions.code]).toEqual([400, "BAD_MULTIPART"]);
+    expect(await fs.readdir(uploadsDir())).toEqual(files);
   });
 });
 
