@@ -65,14 +65,21 @@ interface JobFacts {
  * The job system's facts (app_hidden.job_health, the same as GraphQL's jobOverview: workers alive by
  * each one's own WORKER_DEAD_AFTER_MS), or null when the database does not answer within two
  * seconds. Totals only: /healthz needs no sign-in, so nothing here names a task or a job.
+ *
+ * The query itself is cancelled at two seconds too (a statement_timeout of its own): a probe that
+ * gave up must not leave its query holding one of the pool's connections, or probes every few
+ * seconds against a slow database would take them all. Probes that arrive while one is under way
+ * share its answer.
  */
-async function jobFacts(pool: pg.Pool): Promise<JobFacts | null> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 2000)));
-    const query = pool
-      .query("select * from app_hidden.job_health()")
-      .then(({ rows: [r] }): JobFacts => ({
+function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
+  const read = async (): Promise<JobFacts> => {
+    const client = await pool.connect();
+    try {
+      await client.query("begin");
+      await client.query("select set_config('statement_timeout', '2000', true)");
+      const { rows: [r] } = await client.query("select * from app_hidden.job_health()");
+      await client.query("commit");
+      return {
         queued: r.queued,
         scheduled: r.scheduled,
         running: r.running,
@@ -81,13 +88,27 @@ async function jobFacts(pool: pg.Pool): Promise<JobFacts | null> {
         failuresLast24h: r.failures_last_24h,
         workersAlive: r.workers_alive,
         schedulerHealthy: r.scheduler_healthy,
-      }));
-    return await Promise.race([query, timeout]);
-  } catch {
-    return null;
-  } finally {
-    clearTimeout(timer);
-  }
+      };
+    } catch (err) {
+      await client.query("rollback").catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+  };
+  let inFlight: Promise<JobFacts | null> | null = null;
+  const readWithin = async (): Promise<JobFacts | null> => {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), 2000)));
+      return await Promise.race([read(), timeout]);
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  return () => (inFlight ??= readWithin().finally(() => (inFlight = null)));
 }
 
 export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
@@ -121,13 +142,14 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
     }),
   );
 
+  const jobFacts = jobFactsReader(pool);
   const app = express();
   app.disable("x-powered-by");
   app.get("/healthz", async (_req, res) => {
     // 503 only for what is wrong with this process (its database, its worker): a load balancer
     // must not take every API process out because the workers elsewhere are down. The
     // cluster's state is in `jobs` for monitoring (schedulerHealthy: some worker is alive).
-    const jobs = await jobFacts(pool);
+    const jobs = await jobFacts();
     const worker = health.workerRunning();
     const ok = jobs !== null && worker !== false;
     res.status(ok ? 200 : 503).json({

@@ -126,6 +126,33 @@ describe("/healthz", () => {
   });
 });
 
+describe("/healthz against a slow database", () => {
+  it("gives up after two seconds and so does its query; concurrent probes share one query", async () => {
+    // A DBA's transaction holds a lock the overview's query waits for.
+    const locker = await db.pool.connect();
+    const activeProbes = async () =>
+      (await db.pool.query("select count(*)::int as n from pg_stat_activity where query like '%app_hidden.job_health()%' and state = 'active' and pid <> pg_backend_pid()")).rows[0].n as number;
+    try {
+      await locker.query("begin");
+      await locker.query("lock table app_public.worker_processes in access exclusive mode");
+      const probes = Array.from({ length: 5 }, () => fetch(`${api.url}/healthz`));
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await activeProbes()).toBe(1);
+      const answers = await Promise.all(probes);
+      expect(answers.map((a) => a.status)).toEqual([503, 503, 503, 503, 503]);
+      expect(await answers[0]!.json()).toMatchObject({ status: "unhealthy", database: "unreachable", jobs: null });
+      // Cancelled by its own statement_timeout: nothing left waiting on the lock, holding a connection.
+      const deadline = Date.now() + 5000;
+      while ((await activeProbes()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(await activeProbes()).toBe(0);
+    } finally {
+      await locker.query("rollback");
+      locker.release();
+    }
+    expect((await fetch(`${api.url}/healthz`)).status).not.toBe(503);
+  });
+});
+
 describe("per-request statement_timeout", () => {
   it("cancels a GraphQL request that runs longer than STATEMENT_TIMEOUT_MS, with a safe error", async () => {
     // A slow function exists only in this file's own database, created before this API starts.
