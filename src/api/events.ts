@@ -289,6 +289,20 @@ const interrupted = () =>
   new CodedError("EVINT", "The event stream was interrupted: subscribe again, and re-read what you show (events in between are not replayed).");
 
 /**
+ * How a subscription ends with an error (EVINT, or ADMIN when its session is gone): yielded as the
+ * stream's last value, which the field's plan turns into the error, rather than thrown from the
+ * iterator. grafast 1.0 drops an error thrown by a source stream while its consumer is not waiting
+ * for a value (graphql-ws still sending the previous event): the client then saw the subscription
+ * complete as if nothing had gone wrong.
+ */
+class StreamEnd {
+  readonly error: unknown;
+  constructor(error: unknown) {
+    this.error = error;
+  }
+}
+
+/**
  * A subscriber for one subscription: authorises, then takes the process's notifications from the
  * hub and yields the events that pass the filter (the topic it is given is the filter, as JSON).
  */
@@ -339,6 +353,7 @@ export class FilteredJobEvents {
     const recheckMs = this.#recheckMs;
     let checkedAt = Date.now();
     const ready: JobEvent[] = [];
+    let endedWith: StreamEnd | null = null;
     const finish = async () => {
       if (state === "open") state = "ended";
       hub.remove(sink);
@@ -351,10 +366,12 @@ export class FilteredJobEvents {
         for (;;) {
           const event = ready.shift();
           if (event) return { done: false, value: event };
+          if (endedWith) return { done: true, value: undefined };
           if (payloads.length === 0) {
             if (state === "interrupted") {
               await finish();
-              throw interrupted();
+              endedWith = new StreamEnd(interrupted());
+              return { done: false, value: endedWith as unknown as JobEvent };
             }
             if (state === "ended") return { done: true, value: undefined };
             await new Promise<void>((resolve) => (wake = resolve));
@@ -366,7 +383,8 @@ export class FilteredJobEvents {
               await authorize();
             } catch (err) {
               await finish();
-              throw err;
+              endedWith = new StreamEnd(err);
+              return { done: false, value: endedWith as unknown as JobEvent };
             }
             checkedAt = Date.now();
           }
@@ -458,7 +476,11 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
               return listen($events, $topic);
             },
             plan($event) {
-              return $event;
+              // The stream's last value when it ends with an error (see StreamEnd).
+              return lambda($event, (event: unknown) => {
+                if (event instanceof StreamEnd) throw event.error;
+                return event;
+              });
             },
           },
         },
