@@ -2,6 +2,7 @@
 // before the request reaches GraphQL. A bad or expired token gets HTTP 401 with a generic body
 // (never a library message or a stack); no header means an anonymous request.
 import type { NextFunction, Request, Response } from "express";
+import type { WithPgClient } from "postgraphile/@dataplan/pg";
 import type { Logger } from "../log.ts";
 import type { BearerSession, SessionLookup } from "./sessions.ts";
 
@@ -45,4 +46,12 @@ export function authenticate(lookup: SessionLookup, log: Logger) {
       reject(res, 503, "UNAVAILABLE", "The service is temporarily unavailable.");
     }
   };
+}
+
+/**
+ * Raises ADMIN (app_hidden.require_admin, SQL's own check) unless the request's session is an
+ * admin's: for answers given before any SQL of the request's own runs.
+ */
+export async function requireAdmin(withPgClient: WithPgClient, pgSettings: Parameters<WithPgClient>[0] | undefined): Promise<void> {
+  await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
 }

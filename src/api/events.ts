@@ -24,6 +24,7 @@ import type pg from "pg";
 import { context, lambda, listen, type GrafastSubscriber } from "postgraphile/grafast";
 import type { Logger } from "../log.ts";
 import { extendSchema, gql } from "postgraphile/utils";
+import { requireAdmin } from "./auth.ts";
 import { CodedError } from "./trigger.ts";
 import { scheduleIdOfJobKey } from "../worker/crontab.ts";
 
@@ -466,9 +467,7 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
                 [context().get("pgSubscriber"), context().get("withPgClient"), context().get("pgSettings")],
                 ([subscriber, withPgClient, pgSettings]) => {
                   if (!subscriber) throw new Error("This server has no event subscriber (pgSubscriber)");
-                  const authorize = async () => {
-                    await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
-                  };
+                  const authorize = () => requireAdmin(withPgClient, pgSettings);
                   // Its subscribe takes the filter (JSON) as the topic.
                   return new FilteredJobEvents(JobEventHub.of(subscriber), authorize, options.listeners, options.recheckMs) as unknown as GrafastSubscriber;
                 },

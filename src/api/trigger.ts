@@ -9,6 +9,7 @@
 import { context, sideEffect } from "postgraphile/grafast";
 import { wrapPlans } from "postgraphile/utils";
 import type { ResolvedTask } from "../worker/task.ts";
+import { requireAdmin } from "./auth.ts";
 
 /** An error with one of the project's codes (migrations/ERROR_CODES.md): passed through to clients. */
 export class CodedError extends Error {
@@ -51,7 +52,7 @@ export function TriggerTaskPayloadPlugin(tasks: readonly ResolvedTask[]): Graphi
             async ([identifier, payload, withPgClient, pgSettings]) => {
               const problem = payloadProblem(byId, identifier, payload);
               if (!problem) return;
-              await withPgClient(pgSettings ?? null, (client) => client.query({ text: "select app_hidden.require_admin()" }));
+              await requireAdmin(withPgClient, pgSettings);
               throw new CodedError("TKPAY", problem);
             },
           );

@@ -106,8 +106,7 @@ export class Heartbeat {
    * marks their runs abandoned once it is judged dead.
    */
   async stop(clean: boolean, unstarted: readonly string[] = []): Promise<void> {
-    this.#stopped = true;
-    for (const t of this.#timers) clearInterval(t);
+    this.silence();
     if (!this.#id) return;
     if (!clean) {
       this.#log.warn("stopped with jobs still running; leaving the heartbeat for crash recovery to judge");

@@ -238,7 +238,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       }, w.shutdownTimeoutMs);
       wake?.stop();
       try {
-        // A runner that already died (its promise rejected) refuses stop(); its cleanup below still runs.
+        // A runner that already stopped by itself refuses stop(); its cleanup below still runs.
         await Promise.race([
           (async () => {
             if (running) await runner.stop();
