@@ -1,5 +1,5 @@
 --! Previous: sha1:afee5f6049a5bcd3c5524244c0cfbc605edfd500
---! Hash: sha1:0867e80c302d31a150537325c86258d4c6cb14ea
+--! Hash: sha1:eae8d953ae2d28e7c326a7e65ab3d54a635cf734
 --! Message: Each worker's own dead-worker threshold; refusals that said too much; listener functions not the visitor's
 
 -- Review fixes: each worker's own dead-worker threshold; two refusals that said too much; two
@@ -86,6 +86,17 @@ end;
 $$;
 
 -- Workers alive: seen within each one's own threshold, or within dead_after when one is given.
+-- Defined once, for the overview (and /healthz) and for /metrics.
+drop function if exists app_private.workers_alive(interval);
+create function app_private.workers_alive(dead_after interval) returns integer
+language sql stable
+set search_path to pg_catalog, public, pg_temp
+as $$
+  select count(*)::integer from app_public.worker_processes p
+  where p.last_seen_at > now() - coalesce(workers_alive.dead_after, p.dead_after);
+$$;
+comment on function app_private.workers_alive(interval) is E'Worker processes seen within their own dead_after (WORKER_DEAD_AFTER_MS), or within dead_after when it is not null.';
+
 create or replace function app_hidden.job_health(dead_after interval default null) returns app_public.job_overview
 language plpgsql stable security definer
 set search_path to pg_catalog, public, pg_temp
@@ -109,7 +120,7 @@ begin
   ) q,
   (select count(*)::integer as n from app_public.job_runs r
    where r.outcome in ('failed_retrying', 'failed_permanently', 'timed_out', 'abandoned') and r.started_at > now() - interval '24 hours') f,
-  (select count(*)::integer as n from app_public.worker_processes p where p.last_seen_at > now() - coalesce(job_health.dead_after, p.dead_after)) w;
+  (select app_private.workers_alive(job_health.dead_after) as n) w;
   return v_overview;
 end;
 $$;
@@ -150,7 +161,7 @@ as $$
     'queue', coalesce((
       select jsonb_agg(jsonb_build_array(q.task_identifier, q.state, q.n))
       from (select task_identifier, state, count(*) as n from app_private.job_states group by 1, 2) q), '[]'),
-    'workers_alive', (select count(*) from app_public.worker_processes p where p.last_seen_at > now() - coalesce(metrics_snapshot.dead_after, p.dead_after)));
+    'workers_alive', app_private.workers_alive(metrics_snapshot.dead_after));
 $$;
 
 -- 2. withdrawFromExchange: the caller's place first, then the exchange's state.
