@@ -16,8 +16,9 @@
 // before the first event and again at most every recheckMs while events flow, so a subscription
 // ends (ADMIN) soon after its session expires, is logged out or loses admin rights. If the LISTEN
 // connection drops, or the listener row cannot be refreshed before it expires, every subscription
-// ends with EVINT rather than silently missing events; clients resubscribe (the dashboard does,
-// after 5 s) and re-read state.
+// ends with EVINT rather than silently missing events. A subscription whose client falls more than
+// MAX_PENDING_EVENTS behind ends with EVLAG, so that a stalled client cannot make the process hold
+// events without end. Either way clients resubscribe (the dashboard does, after 5 s) and re-read state.
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type pg from "pg";
@@ -214,23 +215,37 @@ interface Sink {
  * iterator each: when the LISTEN connection drops, PgSubscriber (@dataplan/pg 1.1) ends its
  * iterators while removing them from the array it is walking, so every other one is skipped and
  * left open, silently missing events. With a single iterator here, every subscription is told.
+ *
+ * A connection can also die without an error (a network cut, a firewall forgetting it): nothing
+ * would arrive, and no one would be told. So while it listens the hub publishes a probe of its own
+ * every probeMs (from the pool, on the events channel) and expects it back on the LISTEN
+ * connection before the next one is due; when one does not come back, the connection is taken
+ * for dead: it is destroyed (PgSubscriber then replaces it for later subscriptions) and every
+ * subscription ends with EVINT.
  */
 class JobEventHub {
   static #hubs = new WeakMap<object, JobEventHub>();
   /** The hub of a subscriber (one per PostGraphile service). */
-  static of(source: GrafastSubscriber): JobEventHub {
+  static of(source: GrafastSubscriber, probe: ProbeOptions): JobEventHub {
     let hub = JobEventHub.#hubs.get(source);
-    if (!hub) JobEventHub.#hubs.set(source, (hub = new JobEventHub(source)));
+    if (!hub) JobEventHub.#hubs.set(source, (hub = new JobEventHub(source, probe)));
     return hub;
   }
 
   readonly #source: GrafastSubscriber;
+  readonly #probe: ProbeOptions;
+  readonly #probeId = randomBytes(6).toString("hex");
   readonly #sinks = new Set<Sink>();
   #inner: AsyncIterator<unknown> | null = null;
   #starting: Promise<void> | null = null;
+  #probeTimer: NodeJS.Timeout | null = null;
+  /** The probe sent last and not yet back, if any. */
+  #awaiting: string | null = null;
+  #probes = 0;
 
-  constructor(source: GrafastSubscriber) {
+  constructor(source: GrafastSubscriber, probe: ProbeOptions) {
     this.#source = source;
+    this.#probe = probe;
   }
 
   /** Adds a sink, listening first if no one is; throws if the listening fails. */
@@ -248,7 +263,7 @@ class JobEventHub {
     this.#sinks.delete(sink);
     if (this.#sinks.size > 0 || !this.#inner) return;
     const inner = this.#inner;
-    this.#inner = null; // ended on purpose: its pump stops without failing anyone
+    this.#stopListening(); // ended on purpose: its pump stops without failing anyone
     void inner.return?.(undefined)?.catch(() => {});
   }
 
@@ -256,11 +271,56 @@ class JobEventHub {
     try {
       const inner = (await this.#source.subscribe(JOB_EVENTS_CHANNEL)) as AsyncIterator<unknown>;
       this.#inner = inner;
+      this.#awaiting = null;
+      this.#probeTimer = setInterval(this.#sendProbe, this.#probe.everyMs);
+      this.#probeTimer.unref();
       void this.#pump(inner);
     } finally {
       this.#starting = null;
     }
   }
+
+  #stopListening(): void {
+    this.#inner = null;
+    if (this.#probeTimer) clearInterval(this.#probeTimer);
+    this.#probeTimer = null;
+    this.#awaiting = null;
+  }
+
+  /** Ends every subscription (EVINT): nothing more will come from this iterator. */
+  #failAll(): void {
+    this.#stopListening();
+    const sinks = [...this.#sinks];
+    this.#sinks.clear();
+    for (const sink of sinks) sink.fail();
+  }
+
+  #sendProbe = () => {
+    const inner = this.#inner;
+    if (!inner) return;
+    if (this.#awaiting !== null) {
+      // The last probe did not come back within a whole interval.
+      this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
+        waitedMs: this.#probe.everyMs,
+        endingSubscriptions: this.#sinks.size,
+      });
+      this.#failAll();
+      void inner.return?.(undefined)?.catch(() => {});
+      // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets
+      // it go and listens on a new one for the next subscription.
+      const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
+      listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
+      return;
+    }
+    const payload = JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` });
+    this.#awaiting = payload;
+    // A probe that cannot be sent (the database is down) is not counted against the connection:
+    // the LISTEN connection errors by itself then.
+    this.#probe.send(payload).catch((err: unknown) => {
+      if (this.#awaiting === payload) this.#awaiting = null;
+      this.#probe.log.warn("could not send the job events probe", { err });
+    });
+  };
 
   async #pump(inner: AsyncIterator<unknown>): Promise<void> {
     for (;;) {
@@ -272,19 +332,51 @@ class JobEventHub {
       }
       if (this.#inner !== inner) return;
       if (message === null || message.done) {
-        this.#inner = null;
-        const sinks = [...this.#sinks];
-        this.#sinks.clear();
-        for (const sink of sinks) sink.fail();
+        this.#failAll();
         return;
       }
-      // Parsed once for every subscription (they only read the events).
+      if (message.value === this.#awaiting) {
+        this.#awaiting = null;
+        continue;
+      }
+      // Parsed once for every subscription (they only read the events). Probes (an object, not
+      // an array: this process's earlier ones, other processes') give none.
       const events = parseEvents(message.value);
       if (events.length === 0) continue;
       for (const sink of [...this.#sinks]) sink.push(events);
     }
   }
 }
+
+/** How the hub checks that its LISTEN connection still delivers. */
+interface ProbeOptions {
+  /** Publishes a notification on the events channel, through a connection of its own. */
+  send(payload: string): Promise<void>;
+  everyMs: number;
+  log: Logger;
+}
+
+/** How often a listening hub publishes its probe (and how long it waits for it). */
+export const PROBE_MS = 15_000;
+
+/**
+ * Events a subscription may have waiting for its client before it is ended (EVLAG). One statement
+ * publishes at most 10,000 (then one overflow event instead), so a client that keeps up meets it
+ * only when several such statements come at once.
+ */
+export const MAX_PENDING_EVENTS = 20_000;
+
+export interface EventLimits {
+  /** How often a subscription's session is checked again while events flow. */
+  recheckMs?: number;
+  /** MAX_PENDING_EVENTS unless given (tests). */
+  maxPending?: number;
+  /** PROBE_MS unless given (tests). */
+  probeMs?: number;
+}
+
+const lagging = (limit: number) =>
+  new CodedError("EVLAG", `More than ${limit} events were waiting for this subscription: subscribe again, and re-read what you show (events in between are not replayed).`);
 
 const interrupted = () =>
   new CodedError("EVINT", "The event stream was interrupted: subscribe again, and re-read what you show (events in between are not replayed).");
@@ -312,20 +404,29 @@ export class FilteredJobEvents {
   readonly #authorize: () => Promise<void>;
   readonly #listeners: JobEventListeners;
   readonly #recheckMs: number;
+  readonly #maxPending: number;
+  readonly #log: Logger;
 
-  constructor(hub: JobEventHub, authorize: () => Promise<void>, listeners: JobEventListeners, recheckMs = 30_000) {
+  constructor(hub: JobEventHub, authorize: () => Promise<void>, listeners: JobEventListeners, log: Logger, limits: EventLimits = {}) {
     this.#hub = hub;
     this.#authorize = authorize;
     this.#listeners = listeners;
-    this.#recheckMs = recheckMs;
+    this.#log = log;
+    this.#recheckMs = limits.recheckMs ?? 30_000;
+    this.#maxPending = limits.maxPending ?? MAX_PENDING_EVENTS;
   }
 
   async subscribe(topic: string): Promise<AsyncIterableIterator<JobEvent>> {
     const filter = JSON.parse(topic) as JobEventFilter;
     await this.#authorize();
-    // Notifications' events waiting to be read, and the reader waiting for them.
+    // Each notification's events that pass the filter, waiting to be read; how many events that
+    // is (with those of `ready`); the reader waiting for them.
     const payloads: (readonly JobEvent[])[] = [];
-    let state: "open" | "interrupted" | "ended" = "open";
+    const ready: JobEvent[] = [];
+    let pending = 0;
+    const maxPending = this.#maxPending;
+    const log = this.#log;
+    let state: "open" | "interrupted" | "lagging" | "ended" = "open";
     let wake: (() => void) | null = null;
     const notify = () => {
       const w = wake;
@@ -334,7 +435,21 @@ export class FilteredJobEvents {
     };
     const sink: Sink = {
       push(events) {
-        payloads.push(events);
+        if (state !== "open") return;
+        const passed = events.filter((e) => matchesFilter(e, filter));
+        if (passed.length === 0) return;
+        pending += passed.length;
+        if (pending > maxPending) {
+          // A client that reads more slowly than events come (or not at all) would otherwise make
+          // this process keep everything for it: end its subscription instead (EVLAG).
+          log.warn("a jobEvents subscriber fell too far behind; ending its subscription", { pending, limit: maxPending });
+          state = "lagging";
+          payloads.length = 0;
+          ready.length = 0;
+          pending = 0;
+        } else {
+          payloads.push(passed);
+        }
         notify();
       },
       fail() {
@@ -353,7 +468,6 @@ export class FilteredJobEvents {
     const authorize = this.#authorize;
     const recheckMs = this.#recheckMs;
     let checkedAt = Date.now();
-    const ready: JobEvent[] = [];
     let endedWith: StreamEnd | null = null;
     const finish = async () => {
       if (state === "open") state = "ended";
@@ -366,12 +480,16 @@ export class FilteredJobEvents {
       async next(): Promise<IteratorResult<JobEvent>> {
         for (;;) {
           const event = ready.shift();
-          if (event) return { done: false, value: event };
+          if (event) {
+            pending--;
+            return { done: false, value: event };
+          }
           if (endedWith) return { done: true, value: undefined };
           if (payloads.length === 0) {
-            if (state === "interrupted") {
+            if (state === "interrupted" || state === "lagging") {
+              const error = state === "lagging" ? lagging(maxPending) : interrupted();
               await finish();
-              endedWith = new StreamEnd(interrupted());
+              endedWith = new StreamEnd(error);
               return { done: false, value: endedWith as unknown as JobEvent };
             }
             if (state === "ended") return { done: true, value: undefined };
@@ -389,7 +507,9 @@ export class FilteredJobEvents {
             }
             checkedAt = Date.now();
           }
-          for (const e of events) if (matchesFilter(e, filter)) ready.push(e);
+          // Dropped, with the rest, while the session was being checked.
+          if (state === "lagging") continue;
+          ready.push(...events);
         }
       },
       async return(): Promise<IteratorResult<JobEvent>> {
@@ -405,7 +525,14 @@ export class FilteredJobEvents {
   }
 }
 
-export function JobEventsPlugin(options: { listeners: JobEventListeners; recheckMs?: number }): GraphileConfig.Plugin {
+export function JobEventsPlugin(options: {
+  listeners: JobEventListeners;
+  log: Logger;
+  /** Publishes on the events channel (the hub's liveness probes). */
+  notify: (payload: string) => Promise<void>;
+  limits?: EventLimits;
+}): GraphileConfig.Plugin {
+  const probe: ProbeOptions = { send: options.notify, everyMs: options.limits?.probeMs ?? PROBE_MS, log: options.log };
   return extendSchema(() => ({
     typeDefs: gql`
       """
@@ -469,7 +596,7 @@ export function JobEventsPlugin(options: { listeners: JobEventListeners; recheck
                   if (!subscriber) throw new Error("This server has no event subscriber (pgSubscriber)");
                   const authorize = () => requireAdmin(withPgClient, pgSettings);
                   // Its subscribe takes the filter (JSON) as the topic.
-                  return new FilteredJobEvents(JobEventHub.of(subscriber), authorize, options.listeners, options.recheckMs) as unknown as GrafastSubscriber;
+                  return new FilteredJobEvents(JobEventHub.of(subscriber, probe), authorize, options.listeners, options.log, options.limits) as unknown as GrafastSubscriber;
                 },
               );
               return listen($events, $topic);

@@ -11,7 +11,8 @@ import type { GraphQLError } from "postgraphile/graphql";
 import type { ResolvedTask } from "../worker/task.ts";
 import { checkBearer, sessionOf } from "./auth.ts";
 import { ForgetOnLogoutPlugin, type BearerSession, type SessionLookup } from "./sessions.ts";
-import { JobEventsPlugin, type JobEventListeners } from "./events.ts";
+import { JOB_EVENTS_CHANNEL, JobEventsPlugin, type EventLimits, type JobEventListeners } from "./events.ts";
+import type { Logger } from "../log.ts";
 import { TriggerTaskPayloadPlugin } from "./trigger.ts";
 import { SafeError } from "postgraphile/grafast";
 
@@ -30,8 +31,9 @@ export interface PresetOptions {
   maskError: (error: GraphQLError) => GraphQLError;
   /** The tasks whose payload schemas triggerTask checks. */
   tasks: readonly ResolvedTask[];
-  /** How often a live subscription re-checks that its session is still an admin's. */
-  eventsRecheckMs?: number;
+  /** jobEvents' limits: how often a live subscription re-checks its session, how far behind its client may fall. */
+  eventLimits?: EventLimits;
+  log: Logger;
 }
 
 interface WebSocketRequestContext {
@@ -56,7 +58,12 @@ export function makePreset(o: PresetOptions): GraphileConfig.Preset {
     extends: [PostGraphileAmberPreset, PostGraphileConnectionFilterPreset, PgAggregatesPreset],
     plugins: [
       TriggerTaskPayloadPlugin(o.tasks),
-      JobEventsPlugin({ listeners: o.eventListeners, recheckMs: o.eventsRecheckMs }),
+      JobEventsPlugin({
+        listeners: o.eventListeners,
+        log: o.log,
+        limits: o.eventLimits,
+        notify: async (payload) => void (await o.pool.query("select pg_notify($1, $2)", [JOB_EVENTS_CHANNEL, payload])),
+      }),
       ForgetOnLogoutPlugin(o.sessions),
     ],
     pgServices: [makePgService({ pool: o.pool, pgSubscriber: o.pgSubscriber, schemas: ["app_public"] })],

@@ -18,7 +18,7 @@ export async function printSchemaSDL(pool: pg.Pool, visitorRole: string): Promis
     const log = createLogger({ level: "error", format: "json" });
     // Never started: exporting the schema looks no session up.
     const sessions = new SessionCache(pool, { listenUrl: "", ttlMs: 0, log });
-    const preset = makePreset({ pool, sessions, pgSubscriber, eventListeners: new JobEventListeners(pool, log), visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [] });
+    const preset = makePreset({ pool, sessions, pgSubscriber, eventListeners: new JobEventListeners(pool, log), visitorRole, statementTimeoutMs: 5000, sessionLifetimeDays: 30, development: false, maskError: (e) => e, tasks: [], log });
     const { schema } = await makeSchema(preset);
     return printSchema(lexicographicSortSchema(schema)) + "\n";
   } finally {

@@ -18,7 +18,7 @@ import { loadErrorCodes, makeMaskError, unexpected } from "./errors.ts";
 import { makePreset } from "./preset.ts";
 import { uploadHandler } from "./uploads.ts";
 import { metricsHandler } from "./metrics.ts";
-import { JobEventListeners } from "./events.ts";
+import { JobEventListeners, type EventLimits } from "./events.ts";
 import { dashboardRoutes } from "./dashboard.ts";
 import { loadTasks } from "../worker/catalogue.ts";
 import type { ResolvedTask } from "../worker/task.ts";
@@ -44,8 +44,8 @@ export interface ApiOptions {
   health: HealthCheck;
   /** For triggerTask's payload check; loaded from tasks/ when not given. */
   tasks?: readonly ResolvedTask[];
-  /** How often a jobEvents subscription re-checks its session (default 30 s; tests shorten it). */
-  eventsRecheckMs?: number;
+  /** jobEvents: how often a subscription re-checks its session (30 s), how many events may wait for its client (MAX_PENDING_EVENTS), how often the LISTEN connection is probed (PROBE_MS); tests lower them. */
+  eventLimits?: EventLimits;
   /** The session listener's first wait before it reconnects (default 500 ms; tests lengthen it). */
   sessionListenerRetryMs?: number;
 }
@@ -111,7 +111,7 @@ function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
   return () => (inFlight ??= readWithin().finally(() => (inFlight = null)));
 }
 
-export async function startApi({ authUrl, config, log, health, tasks, eventsRecheckMs, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
+export async function startApi({ authUrl, config, log, health, tasks, eventLimits, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
   const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
   coalesceTransactionStart(pool);
@@ -138,7 +138,8 @@ export async function startApi({ authUrl, config, log, health, tasks, eventsRech
       development,
       maskError: makeMaskError(loadErrorCodes(), apiLog),
       tasks: tasks ?? (await loadTasks()),
-      eventsRecheckMs,
+      eventLimits,
+      log: apiLog,
     }),
   );
 

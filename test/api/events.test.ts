@@ -6,7 +6,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createClient, type Client } from "graphql-ws";
 import { randomUUID } from "node:crypto";
+import { once } from "node:events";
+import net from "node:net";
 import pg from "pg";
+import WebSocket from "ws";
 import { HistoryWriter } from "../../src/worker/history.ts";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
@@ -41,7 +44,7 @@ beforeAll(async () => {
     log: testLog,
     health: { workerRunning: () => null },
     tasks: [...(await loadTasks()), flaky],
-    eventsRecheckMs: 200,
+    eventLimits: { recheckMs: 200, maxPending: 1000 },
   });
   admin = await signIn(db, (await createUser(db, { isAdmin: true })).id);
   user = await signIn(db, (await createUser(db)).id);
@@ -77,9 +80,9 @@ interface Subscription {
 }
 
 /** Subscribes and resolves once the server has the subscription (its LISTEN is in place). */
-async function subscribe(token: string | null, args: { tasks?: string[]; keyPrefix?: string } = {}): Promise<Subscription> {
+async function subscribe(token: string | null, args: { tasks?: string[]; keyPrefix?: string } = {}, on: ApiHandle = api): Promise<Subscription> {
   const client = createClient({
-    url: `${api.url.replace(/^http/, "ws")}/graphql`,
+    url: `${on.url.replace(/^http/, "ws")}/graphql`,
     connectionParams: token ? { authorization: `Bearer ${token}` } : {},
     retryAttempts: 0,
     lazy: false,
@@ -145,6 +148,46 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000) {
     if (Date.now() > until) throw new Error("timed out waiting");
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * A TCP proxy to Postgres that can stop forwarding, both ways, on the connections that sent a
+ * LISTEN on the events channel, leaving them open: they then deliver nothing and report nothing.
+ */
+async function cuttingProxy(target: URL) {
+  const sockets = new Set<net.Socket>();
+  const listeners: { client: net.Socket; upstream: net.Socket }[] = [];
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 5432), target.hostname);
+    sockets.add(client).add(upstream);
+    client.on("data", (d: Buffer) => {
+      if (d.includes('LISTEN "hourglass:job_events"')) listeners.push({ client, upstream });
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
+      a.on("error", () => b.destroy());
+      a.on("close", () => b.destroy());
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    /** How many connections have sent that LISTEN so far. */
+    listening: () => listeners.length,
+    cut() {
+      for (const { client, upstream } of listeners) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+    },
+    close() {
+      server.close();
+      for (const s of sockets) s.destroy();
+    },
+  };
 }
 
 /** Notifications on the events channel seen by a plain LISTEN connection (as a DBA in psql). */
@@ -355,6 +398,90 @@ describe("jobEvents", () => {
     await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'lost:after')");
     expect(await again.next((e) => e.jobKey === "lost:after")).toMatchObject({ kind: "enqueued" });
     again.stop();
+  });
+
+  it("ends with EVLAG a subscription whose client stops reading, and leaves the others alone", async () => {
+    const watcher = await subscribe(admin.token, { keyPrefix: "lag:after" });
+    // A graphql-ws client by hand, to stop reading its socket.
+    const ws = new WebSocket(`${api.url.replace(/^http/, "ws")}/graphql`, "graphql-transport-ws");
+    const messages: { type: string; id?: string; payload?: { data?: { jobEvents?: Event }; errors?: Subscription["errors"] } }[] = [];
+    ws.on("message", (d) => messages.push(JSON.parse(String(d))));
+    await once(ws, "open");
+    try {
+      ws.send(JSON.stringify({ type: "connection_init", payload: { authorization: `Bearer ${admin.token}` } }));
+      await waitFor(async () => messages.some((m) => m.type === "connection_ack"));
+      ws.send(JSON.stringify({ id: "1", type: "subscribe", payload: { query: 'subscription { jobEvents(keyPrefix: "lag:") { kind jobId jobKey } }' } }));
+      await waitFor(async () => {
+        await db.pool.query("select pg_notify('hourglass:job_events', $1)", [JSON.stringify([{ kind: "probe", at: new Date().toISOString(), jobKey: "lag:probe" }])]);
+        await new Promise((r) => setTimeout(r, 50));
+        return messages.some((m) => m.type === "next");
+      });
+      (ws as unknown as { _socket: net.Socket })._socket.pause();
+      // 120,000 events (4,000 notifications of 30): more than the sockets' buffers and this API's
+      // limit (1,000 here) hold together.
+      const flood = 120_000;
+      await db.pool.query(
+        `select pg_notify('hourglass:job_events', (select json_agg(json_build_object('kind', 'enqueued', 'at', now(), 'jobId', n * 30 + i,
+           'jobKey', 'lag:' || repeat('x', 100) || (n * 30 + i)))::text from generate_series(1, 30) i)) from generate_series(0, $1::int / 30 - 1) n`,
+        [flood],
+      );
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'lag:after')");
+      // Another subscription, whose client reads, gets what passes its filter.
+      expect(await watcher.next((e) => e.jobKey === "lag:after", 20_000)).toMatchObject({ kind: "enqueued" });
+      (ws as unknown as { _socket: net.Socket })._socket.resume();
+      await waitFor(async () => messages.some((m) => m.type === "complete" && m.id === "1"), 30_000);
+      const events = messages.filter((m) => m.type === "next" && m.payload?.data?.jobEvents);
+      const errors = messages.flatMap((m) => (m.type === "next" && m.payload?.errors) || []);
+      expect(errors.map((e) => e.extensions?.code)).toEqual(["EVLAG"]);
+      expect(events.length).toBeLessThan(flood);
+      // What it did get came in order, without a gap, up to where it was ended.
+      const ids = events.map((m) => m.payload!.data!.jobEvents!).filter((e) => e.jobKey?.startsWith("lag:x")).map((e) => Number(e.jobId));
+      expect(ids).toEqual(ids.map((_, i) => ids[0]! + i));
+      expect(watcher.errors).toEqual([]);
+    } finally {
+      ws.terminate();
+      watcher.stop();
+      await db.pool.query("select graphile_worker.remove_job('lag:after')");
+    }
+  });
+
+  it("finds a LISTEN connection that stopped delivering without an error: EVINT, and new subscriptions listen on a new one", async () => {
+    // The API reaches Postgres through a proxy that can stop forwarding the LISTEN connection's
+    // bytes, both ways, without closing anything: a network cut as the API sees it.
+    const proxy = await cuttingProxy(new URL(db.authUrl));
+    const url = new URL(db.authUrl);
+    url.host = `127.0.0.1:${proxy.port}`;
+    const cut = await startApi({
+      authUrl: url.toString(),
+      config: testConfig(db),
+      log: testLog,
+      health: { workerRunning: () => null },
+      eventLimits: { recheckMs: 200, probeMs: 300 },
+    });
+    const ownClients = clients.length;
+    try {
+      const sub = await subscribe(admin.token, { keyPrefix: "cut:" }, cut);
+      // Probes come back while the connection delivers: the subscription stays.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(sub.errors).toEqual([]);
+      expect(proxy.listening()).toBe(1);
+      proxy.cut();
+      const cutAt = Date.now();
+      await sub.ended;
+      expect(sub.errors.map((e) => e.extensions?.code)).toEqual(["EVINT"]);
+      // Two probe intervals at most (one sent, one more to see it did not come back), plus slack.
+      expect(Date.now() - cutAt).toBeLessThan(5000);
+      const again = await subscribe(admin.token, { keyPrefix: "cut:" }, cut);
+      expect(proxy.listening()).toBe(2);
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'cut:after')");
+      expect(await again.next((e) => e.jobKey === "cut:after")).toMatchObject({ kind: "enqueued" });
+      again.stop();
+    } finally {
+      await Promise.all(clients.splice(ownClients).map((c) => c.dispose()));
+      await cut.stop();
+      proxy.close();
+      await db.pool.query("select graphile_worker.remove_job('cut:after')");
+    }
   });
 
   it("refuses non-admins, anonymous clients and bad tokens, and checks its filter", async () => {
