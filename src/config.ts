@@ -20,6 +20,8 @@ export interface Config {
   host: string;
   port: number;
   statementTimeoutMs: number;
+  /** Connections the API process opens at most for requests (and one of them for jobEvents' LISTEN while anyone subscribes). */
+  apiPoolSize: number;
   /** When set, GET /metrics requires `Authorization: Bearer <token>`. */
   metricsToken: string | null;
   worker: {
@@ -188,6 +190,7 @@ export function loadConfig(env: Env = process.env, cwd = process.cwd()): Config 
     host: env.HOST || (production ? "0.0.0.0" : "127.0.0.1"),
     port: int(env, "PORT", 5678, 0, 65535),
     statementTimeoutMs: int(env, "STATEMENT_TIMEOUT_MS", 5000, 100, 3_600_000),
+    apiPoolSize: int(env, "API_POOL_SIZE", 10, 2, 1000),
     metricsToken: env.METRICS_TOKEN || null,
     worker: {
       concurrency: int(env, "WORKER_CONCURRENCY", 10, 1, 1000),

@@ -12,6 +12,7 @@ describe("configuration", () => {
     [{ DATABASE_URL: "postgresql://me@/db?host=/var/run/postgresql" }, /DATABASE_URL is not a valid URL \(for a Unix socket, name a host and put the socket directory in \?host=/],
     [{ DATABASE_VISITOR: "Robert'); drop" }, /DATABASE_VISITOR must be a lower-case SQL identifier/],
     [{ LOG_LEVEL: "loud" }, /LOG_LEVEL must be one of debug, info, warn, error/],
+    [{ API_POOL_SIZE: "1" }, /API_POOL_SIZE must be between 2 and 1000, got 1/],
     [{ WORKER_TASKS: "send_email, bad name" }, /WORKER_TASKS must be a comma-separated list of task identifiers/],
   ])("refuses %o with a message naming the variable", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
@@ -30,7 +31,7 @@ describe("configuration", () => {
 
   it("has working defaults with nothing set, and production defaults with NODE_ENV=production", () => {
     const dev = loadConfig({}, "/srv/app");
-    expect(dev).toMatchObject({ mode: "development", dataDir: "/srv/app/.data", databaseUrl: null, host: "127.0.0.1", port: 5678 });
+    expect(dev).toMatchObject({ mode: "development", dataDir: "/srv/app/.data", databaseUrl: null, host: "127.0.0.1", port: 5678, apiPoolSize: 10 });
     expect(dev.log.format).toBe("pretty");
     const prod = loadConfig({ NODE_ENV: "production", DATABASE_URL: "postgres://o@db/app", AUTHENTICATOR_PASSWORD: "pw", APP_URL: "https://app.example.com/" });
     expect(prod).toMatchObject({ mode: "production", host: "0.0.0.0", log: { format: "json" }, accounts: { appUrl: "https://app.example.com" } });

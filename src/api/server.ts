@@ -39,7 +39,7 @@ export interface ApiHandle {
 
 export interface ApiOptions {
   authUrl: string;
-  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "mode" | "roles" | "accounts" | "uploads" | "worker" | "metricsToken">;
+  config: Pick<Config, "host" | "port" | "statementTimeoutMs" | "apiPoolSize" | "mode" | "roles" | "accounts" | "uploads" | "worker" | "metricsToken">;
   log: Logger;
   health: HealthCheck;
   /** For triggerTask's payload check; loaded from tasks/ when not given. */
@@ -113,7 +113,7 @@ function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
 
 export async function startApi({ authUrl, config, log, health, tasks, eventLimits, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
-  const pool = createPool(authUrl, { max: 20, name: "api" }, apiLog);
+  const pool = createPool(authUrl, { max: config.apiPoolSize, name: "api" }, apiLog);
   coalesceTransactionStart(pool);
   const development = config.mode === "development";
   // One listening connection per process for every subscription (jobEvents).

@@ -91,7 +91,12 @@ export interface ControlFigures {
   /** EXPLAIN (ANALYZE, BUFFERS) of the SQL of each query whose GraphQL p95 missed the goal (without ANALYZE if it timed out alone), by name. */
   plans: Map<string, string[]>;
   recovery: RecoveryRun[];
+  /** The overview at CLIENTS clients through APIs whose pools differ (API_POOL_SIZE), by pool size. */
+  pools: { size: number; graphql: Latency }[];
 }
+
+/** API_POOL_SIZE values compared on the overview (10 is the default). */
+export const POOL_SIZES = [4, 10, 20];
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
 
@@ -418,7 +423,7 @@ async function asAdmin<T>(pool: pg.Pool, visitor: string, sessionId: string, fn:
 }
 
 /** The API in its own process, started as deployed (NODE_ENV=production); resolves with its URL. */
-export function spawnApi(db: BenchDb, password: string): Promise<{ url: string; stop(): Promise<unknown> }> {
+export function spawnApi(db: BenchDb, password: string, env: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<unknown> }> {
   return new Promise((resolve, reject) => {
     const child = spawn(NODE, [import.meta.filename], {
       cwd: ROOT,
@@ -432,6 +437,7 @@ export function spawnApi(db: BenchDb, password: string): Promise<{ url: string; 
         HOST: "127.0.0.1",
         PORT: "0",
         LOG_LEVEL: "warn",
+        ...env,
       },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -655,6 +661,34 @@ export async function queryFigures(db: BenchDb, password: string, admin: { token
   return { queries, plans };
 }
 
+/**
+ * The overview from CLIENTS clients through one API per POOL_SIZES entry (all started at once;
+ * idle ones cost nothing), in ROUNDS rounds that take turns, as the queries above do.
+ */
+export async function poolFigures(db: BenchDb, password: string, admin: { token: string }): Promise<{ size: number; graphql: Latency }[]> {
+  const overview = QUERIES.find((q) => q.name.startsWith("overview"))!;
+  const apis = await Promise.all(POOL_SIZES.map((size) => spawnApi(db, password, { API_POOL_SIZE: String(size) })));
+  const agent = new http.Agent({ keepAlive: true, maxSockets: CLIENTS });
+  try {
+    const runs = apis.map((api, i) => ({
+      size: POOL_SIZES[i]!,
+      send: () => graphqlRequest(agent, api.url, admin.token, overview),
+      samples: { ms: [], timeouts: 0 } as Samples,
+    }));
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const r of runs) await load(r.send, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, r.samples);
+    }
+    return runs.map((r) => {
+      const graphql = latency(r.samples.ms, r.samples.timeouts);
+      console.log(`  overview through a pool of ${r.size}: p50 ${graphql.p50.toFixed(1)} ms, p95 ${graphql.p95.toFixed(1)} ms (n ${graphql.n})`);
+      return { size: r.size, graphql };
+    });
+  } finally {
+    agent.destroy();
+    await Promise.all(apis.map((a) => a.stop()));
+  }
+}
+
 export async function controlBench(serverUrl: string, h: BenchHelpers, recovery: { deadAfterMs: number; rounds: number }[]): Promise<ControlFigures> {
   const tasks = await loadTasks();
   const db = await h.benchDatabase(serverUrl, "hg_bench_control", tasks);
@@ -682,11 +716,12 @@ export async function controlBench(serverUrl: string, h: BenchHelpers, recovery:
     const token = t[0]!.token;
     const { rows: s } = await client.query<{ id: string }>("select id from app_private.sessions where token_hash = sha256(convert_to($1, 'UTF8'))", [token]);
     const { queries, plans } = await queryFigures(db, password, { token, sessionId: s[0]!.id });
+    const pools = await poolFigures(db, password, { token });
 
     // Crash recovery, on the same database (its worker processes run only their own task).
     return {
       historyRows: facts[0].runs, queueJobs: facts[0].jobs, tasks: facts[0].tasks, schedules: facts[0].schedules,
-      loadSeconds, queries, plans, recovery: await recoveryRuns(db, password, h, recovery),
+      loadSeconds, queries, plans, pools, recovery: await recoveryRuns(db, password, h, recovery),
     };
   } finally {
     await client.end();
