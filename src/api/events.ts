@@ -114,13 +114,19 @@ export function checkFilter(tasks: unknown, keyPrefix: unknown): JobEventFilter 
 
 /**
  * This process's claim that someone is watching: a row in app_private.job_event_listeners while
- * at least one subscription is live. Changes are applied one at a time, in order.
+ * at least one subscription is live. Changes are applied one at a time, in order, each under its
+ * own statement_timeout: a refresh stuck behind a lock (a DBA's) fails in time for the
+ * subscriptions to be ended before the row expires, instead of waiting while it does.
  */
 export class JobEventListeners {
   static readonly TTL_MS = 60_000;
   static readonly REFRESH_MS = 20_000;
+  static readonly TIMEOUT_MS = 5_000;
   readonly #pool: pg.Pool;
   readonly #log: Logger;
+  readonly #ttlMs: number;
+  readonly #refreshMs: number;
+  readonly #timeoutMs: number;
   readonly #id = `api:${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   #live = 0;
   #timer: NodeJS.Timeout | null = null;
@@ -129,9 +135,12 @@ export class JobEventListeners {
   #touchedAt = 0;
   readonly #onLost = new Set<() => void>();
 
-  constructor(pool: pg.Pool, log: Logger) {
+  constructor(pool: pg.Pool, log: Logger, timing: { ttlMs?: number; refreshMs?: number; timeoutMs?: number } = {}) {
     this.#pool = pool;
     this.#log = log;
+    this.#ttlMs = timing.ttlMs ?? JobEventListeners.TTL_MS;
+    this.#refreshMs = timing.refreshMs ?? JobEventListeners.REFRESH_MS;
+    this.#timeoutMs = timing.timeoutMs ?? JobEventListeners.TIMEOUT_MS;
   }
 
   #queue(op: () => Promise<void>): Promise<void> {
@@ -140,8 +149,25 @@ export class JobEventListeners {
     return next;
   }
 
+  /** One statement in a transaction of its own, under the timeout. */
+  async #run(text: string, values: unknown[]): Promise<void> {
+    const client = await this.#pool.connect();
+    let broken: Error | undefined;
+    try {
+      await client.query("begin");
+      await client.query(`set local statement_timeout = ${Math.round(this.#timeoutMs)}`);
+      await client.query(text, values);
+      await client.query("commit");
+    } catch (err) {
+      await client.query("rollback").catch((e: Error) => (broken = e));
+      throw err;
+    } finally {
+      client.release(broken);
+    }
+  }
+
   async #touch() {
-    await this.#pool.query("select app_hidden.touch_job_event_listener($1, $2::interval)", [this.#id, `${JobEventListeners.TTL_MS} milliseconds`]);
+    await this.#run("select app_hidden.touch_job_event_listener($1, $2::interval)", [this.#id, `${this.#ttlMs} milliseconds`]);
     this.#touchedAt = Date.now();
   }
 
@@ -150,8 +176,9 @@ export class JobEventListeners {
       if (this.#live > 0) await this.#touch();
     }).catch((err: unknown) => {
       // Postgres stops publishing when the row expires: rather than leave subscriptions open and
-      // silently missing events, end them (EVINT) before it can have (clients resubscribe).
-      const lost = Date.now() - this.#touchedAt > JobEventListeners.TTL_MS - JobEventListeners.REFRESH_MS - 5_000;
+      // silently missing events, end them (EVINT) if the next refresh, a whole interval and a
+      // timeout away, might come too late (clients resubscribe).
+      const lost = Date.now() + this.#refreshMs + this.#timeoutMs >= this.#touchedAt + this.#ttlMs;
       this.#log.warn("could not refresh the job event listener", { err, endingSubscriptions: lost ? this.#onLost.size : 0 });
       if (!lost) return;
       const callbacks = [...this.#onLost];
@@ -168,7 +195,7 @@ export class JobEventListeners {
     await this.#queue(async () => {
       if (this.#live === 0) {
         await this.#touch();
-        this.#timer = setInterval(this.#refresh, JobEventListeners.REFRESH_MS);
+        this.#timer = setInterval(this.#refresh, this.#refreshMs);
         this.#timer.unref();
       }
       this.#live++;
@@ -189,7 +216,7 @@ export class JobEventListeners {
   async #stop() {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    await this.#pool.query("select app_hidden.drop_job_event_listener($1)", [this.#id]);
+    await this.#run("select app_hidden.drop_job_event_listener($1)", [this.#id]);
   }
 
   /** On shutdown: stop publishing for this process. */

@@ -13,6 +13,7 @@ import WebSocket from "ws";
 import { HistoryWriter } from "../../src/worker/history.ts";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
+import { JobEventListeners } from "../../src/api/events.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
 import { asUser, createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
@@ -230,6 +231,34 @@ describe("publishing only while someone watches", () => {
       await raw.end();
       await db.pool.query("select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'watch:%'");
     }
+  });
+});
+
+describe("the publishing flag stuck behind a lock", () => {
+  it("ends the subscriptions while the row is still valid, instead of waiting while it expires", async () => {
+    const pool = new pg.Pool({ connectionString: db.authUrl, max: 2 });
+    const listeners = new JobEventListeners(pool, testLog, { ttlMs: 4000, refreshMs: 500, timeoutMs: 300 });
+    let lostAt: Date | null = null;
+    const release = await listeners.acquire(() => {
+      void db.pool.query("select clock_timestamp() as t").then(({ rows }) => (lostAt = rows[0].t));
+    });
+    // A DBA's transaction holds a lock that every refresh waits for.
+    const locker = await db.pool.connect();
+    try {
+      await locker.query("begin");
+      await locker.query("lock table app_private.job_event_listeners in access exclusive mode");
+      await waitFor(async () => lostAt !== null, 8000);
+      await locker.query("rollback");
+      const { rows } = await db.pool.query("select expires_at from app_private.job_event_listeners where id like 'api:%'");
+      expect(rows).toHaveLength(1);
+      expect(lostAt!.getTime()).toBeLessThan(rows[0].expires_at.getTime());
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await release();
+      await pool.end();
+    }
+    expect(await listenerRows()).toEqual([]);
   });
 });
 
