@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createTestDb, type TestDb } from "./helpers/db.ts";
+import { createTestDb, createUser, signIn, type TestDb } from "./helpers/db.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 
@@ -90,6 +90,33 @@ describe("npm start", () => {
     api.child.kill("SIGINT");
     worker.child.kill("SIGINT");
     expect(await Promise.all([api.exited, worker.exited])).toEqual([0, 0]);
+  });
+
+  it("answers an upload whose write to disk fails at once, with 500, and keeps neither file nor row", async () => {
+    // The API's own process, whose files may not grow past 64 KiB (RLIMIT_FSIZE, set with
+    // prlimit once it is up): writing a larger upload fails with EFBIG, as on a full disk.
+    const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "hourglass-upload-fail-"));
+    const p = start(["--api"], envFor(db, { DATA_DIR: dataDir }));
+    try {
+      const ready = await p.ready;
+      await new Promise<void>((resolve, reject) =>
+        spawn("prlimit", ["--pid", String(p.child.pid), "--fsize=65536"], { stdio: "inherit" }).on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`prlimit exited with ${code}`)))),
+      );
+      const { id } = await createUser(db);
+      const { token } = await signIn(db, id);
+      const form = new FormData();
+      form.append("file", new Blob([Buffer.alloc(1024 * 1024, "x")], { type: "text/plain" }), "big.txt");
+      const res = await fetch(ready.graphql!.replace(/\/graphql$/, "/uploads"), { method: "POST", body: form, headers: { authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(500);
+      expect((await res.json()) as unknown).toMatchObject({ errors: [{ extensions: { code: "INTERNAL_ERROR" } }] });
+      expect(p.output()).toMatch(/"msg":"upload failed".*EFBIG/);
+      expect(await fs.readdir(path.join(dataDir, "uploads"))).toEqual([]);
+      expect((await db.pool.query("select count(*)::int as n from app_public.upload_files where name = 'big.txt'")).rows[0].n).toBe(0);
+    } finally {
+      p.child.kill("SIGTERM");
+      await p.exited;
+      await fs.rm(dataDir, { recursive: true, force: true });
+    }
   });
 
   it("with no configuration starts an embedded PostgreSQL under DATA_DIR, reuses it, and stops it on Ctrl-C", async () => {
