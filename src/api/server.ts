@@ -74,11 +74,13 @@ interface JobFacts {
 function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
   const read = async (): Promise<JobFacts> => {
     const client = await pool.connect();
+    let broken: Error | undefined;
     try {
-      await client.query("begin");
-      await client.query("select set_config('statement_timeout', '2000', true)");
-      const { rows: [r] } = await client.query("select * from app_hidden.job_health()");
-      await client.query("commit");
+      // One round trip: the four statements as one simple-protocol message.
+      const results = (await client.query(
+        "begin; set local statement_timeout = 2000; select * from app_hidden.job_health(); commit",
+      )) as unknown as pg.QueryResult[];
+      const r = results[2]!.rows[0];
       return {
         queued: r.queued,
         scheduled: r.scheduled,
@@ -90,10 +92,11 @@ function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
         schedulerHealthy: r.scheduler_healthy,
       };
     } catch (err) {
-      await client.query("rollback").catch(() => {});
+      // The message stops at the failed statement, inside its transaction.
+      await client.query("rollback").catch((e: Error) => (broken = e));
       throw err;
     } finally {
-      client.release();
+      client.release(broken);
     }
   };
   let inFlight: Promise<JobFacts | null> | null = null;
