@@ -246,8 +246,8 @@ interface Sink {
  * A connection can also die without an error (a network cut, a firewall forgetting it): nothing
  * would arrive, and no one would be told. So while it listens the hub publishes a probe of its own
  * every probeMs (from the pool, on the events channel) and expects it back on the LISTEN
- * connection before the next one is due; when one does not come back, the connection is taken
- * for dead: it is destroyed (PgSubscriber then replaces it for later subscriptions) and every
+ * connection by the next tick at least half an interval after it was sent; when one does not
+ * come back, the connection is taken for dead: it is destroyed (PgSubscriber then replaces it for later subscriptions) and every
  * subscription ends with EVINT.
  */
 class JobEventHub {
@@ -266,8 +266,8 @@ class JobEventHub {
   #inner: AsyncIterator<unknown> | null = null;
   #starting: Promise<void> | null = null;
   #probeTimer: NodeJS.Timeout | null = null;
-  /** The probe sent last and not yet back, if any. */
-  #awaiting: string | null = null;
+  /** The probe sent last and not yet back, if any, and when its NOTIFY committed. */
+  #awaiting: { payload: string; sentAt: number | null } | null = null;
   #probes = 0;
 
   constructor(source: GrafastSubscriber, probe: ProbeOptions) {
@@ -325,28 +325,39 @@ class JobEventHub {
   #sendProbe = () => {
     const inner = this.#inner;
     if (!inner) return;
-    if (this.#awaiting !== null) {
-      // The last probe did not come back within a whole interval.
-      this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
-        waitedMs: this.#probe.everyMs,
-        endingSubscriptions: this.#sinks.size,
+    const last = this.#awaiting;
+    if (last !== null) {
+      // Still being sent (the pool is busy, or the database slow): not the LISTEN connection's fault.
+      // Sent less than half an interval ago: give it until the next tick.
+      if (last.sentAt === null || Date.now() - last.sentAt < this.#probe.everyMs / 2) return;
+      // Judged after this loop turn's I/O, so that a probe already in the socket (the event loop
+      // was busy past the interval) is read first.
+      setImmediate(() => {
+        if (this.#awaiting !== last || this.#inner !== inner) return;
+        this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
+          waitedMs: Date.now() - last.sentAt!,
+          endingSubscriptions: this.#sinks.size,
+        });
+        this.#failAll();
+        void inner.return?.(undefined)?.catch(() => {});
+        // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets
+        // it go and listens on a new one for the next subscription.
+        const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
+        listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
       });
-      this.#failAll();
-      void inner.return?.(undefined)?.catch(() => {});
-      // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets
-      // it go and listens on a new one for the next subscription.
-      const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
-      listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
       return;
     }
-    const payload = JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` });
-    this.#awaiting = payload;
-    // A probe that cannot be sent (the database is down) is not counted against the connection:
-    // the LISTEN connection errors by itself then.
-    this.#probe.send(payload).catch((err: unknown) => {
-      if (this.#awaiting === payload) this.#awaiting = null;
-      this.#probe.log.warn("could not send the job events probe", { err });
-    });
+    const probe = { payload: JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` }), sentAt: null as number | null };
+    this.#awaiting = probe;
+    this.#probe.send(probe.payload).then(
+      () => void (probe.sentAt = Date.now()),
+      (err: unknown) => {
+        // A probe that cannot be sent (the database is down) is not held against the connection:
+        // the LISTEN connection errors by itself then.
+        if (this.#awaiting === probe) this.#awaiting = null;
+        this.#probe.log.warn("could not send the job events probe", { err });
+      },
+    );
   };
 
   async #pump(inner: AsyncIterator<unknown>): Promise<void> {
@@ -362,7 +373,7 @@ class JobEventHub {
         this.#failAll();
         return;
       }
-      if (message.value === this.#awaiting) {
+      if (message.value === this.#awaiting?.payload) {
         this.#awaiting = null;
         continue;
       }

@@ -513,6 +513,42 @@ describe("jobEvents", () => {
     }
   });
 
+  it("does not take a LISTEN connection for dead while its probe waits for a connection of a busy pool", async () => {
+    // A pool of 2: one connection listens, the other is held by a request waiting on a DBA's lock.
+    const busy = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db, { API_POOL_SIZE: "2" }),
+      log: testLog,
+      health: { workerRunning: () => null },
+      eventLimits: { recheckMs: 200, probeMs: 300 },
+    });
+    const ownClients = clients.length;
+    const locker = await db.pool.connect();
+    try {
+      const sub = await subscribe(admin.token, { keyPrefix: "busy:" }, busy);
+      await locker.query("begin");
+      await locker.query("lock table app_public.users in access exclusive mode");
+      const held = fetch(`${busy.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${user.token}` },
+        body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
+      });
+      // Five probe intervals with no connection to send a probe on.
+      await new Promise((r) => setTimeout(r, 1500));
+      await locker.query("rollback");
+      expect((await held).status).toBe(200);
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'busy:after')");
+      expect(await sub.next((e) => e.jobKey === "busy:after")).toMatchObject({ kind: "enqueued" });
+      expect(sub.errors).toEqual([]);
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await Promise.all(clients.splice(ownClients).map((c) => c.dispose()));
+      await busy.stop();
+      await db.pool.query("select graphile_worker.remove_job('busy:after')");
+    }
+  });
+
   it("refuses non-admins, anonymous clients and bad tokens, and checks its filter", async () => {
     const asUser = await subscribe(user.token);
     await asUser.ended;
