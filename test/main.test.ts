@@ -100,7 +100,9 @@ describe("npm start", () => {
     try {
       const ready = await p.ready;
       await new Promise<void>((resolve, reject) =>
-        spawn("prlimit", ["--pid", String(p.child.pid), "--fsize=65536"], { stdio: "inherit" }).on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`prlimit exited with ${code}`)))),
+        spawn("prlimit", ["--pid", String(p.child.pid), "--fsize=65536"], { stdio: "inherit" })
+          .on("error", reject)
+          .on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`prlimit exited with ${code}`)))),
       );
       const { id } = await createUser(db);
       const { token } = await signIn(db, id);

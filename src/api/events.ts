@@ -133,6 +133,7 @@ export class JobEventListeners {
   #chain: Promise<void> = Promise.resolve();
   /** When the row was last written: once it may have expired, the live subscriptions are lost. */
   #touchedAt = 0;
+  #refreshing = false;
   readonly #onLost = new Set<() => void>();
 
   constructor(pool: pg.Pool, log: Logger, timing: { ttlMs?: number; refreshMs?: number; timeoutMs?: number } = {}) {
@@ -154,8 +155,7 @@ export class JobEventListeners {
     const client = await this.#pool.connect();
     let broken: Error | undefined;
     try {
-      await client.query("begin");
-      await client.query(`set local statement_timeout = ${Math.round(this.#timeoutMs)}`);
+      await client.query(`begin; set local statement_timeout = ${Math.round(this.#timeoutMs)}`);
       await client.query(text, values);
       await client.query("commit");
     } catch (err) {
@@ -172,20 +172,30 @@ export class JobEventListeners {
   }
 
   #refresh = () => {
+    // A refresh still waiting (for one of the pool's connections, which has no time limit) is
+    // judged as a failed one would be: it may come too late.
+    if (this.#refreshing) return this.#endIfLost("a refresh of the job event listener is still waiting", null);
+    this.#refreshing = true;
     this.#queue(async () => {
       if (this.#live > 0) await this.#touch();
-    }).catch((err: unknown) => {
-      // Postgres stops publishing when the row expires: rather than leave subscriptions open and
-      // silently missing events, end them (EVINT) if the next refresh, a whole interval and a
-      // timeout away, might come too late (clients resubscribe).
-      const lost = Date.now() + this.#refreshMs + this.#timeoutMs >= this.#touchedAt + this.#ttlMs;
-      this.#log.warn("could not refresh the job event listener", { err, endingSubscriptions: lost ? this.#onLost.size : 0 });
-      if (!lost) return;
-      const callbacks = [...this.#onLost];
-      this.#onLost.clear();
-      for (const cb of callbacks) cb();
-    });
+    })
+      .catch((err: unknown) => this.#endIfLost("could not refresh the job event listener", err))
+      .finally(() => (this.#refreshing = false));
   };
+
+  /**
+   * Postgres stops publishing when the row expires: rather than leave subscriptions open and
+   * silently missing events, end them (EVINT) if the next refresh, a whole interval and a timeout
+   * away, might come too late (clients resubscribe).
+   */
+  #endIfLost(msg: string, err: unknown) {
+    const lost = Date.now() + this.#refreshMs + this.#timeoutMs >= this.#touchedAt + this.#ttlMs;
+    this.#log.warn(msg, { ...(err ? { err } : {}), endingSubscriptions: lost ? this.#onLost.size : 0 });
+    if (!lost) return;
+    const callbacks = [...this.#onLost];
+    this.#onLost.clear();
+    for (const cb of callbacks) cb();
+  }
 
   /**
    * Starts publishing (if this is the first live subscription); returns its release. onLost is
@@ -347,6 +357,10 @@ class JobEventHub {
       });
       return;
     }
+    // PgSubscriber's subscribe returns before its LISTEN has run (it may wait for a connection):
+    // a probe published before then would never come back.
+    const topics = (this.#source as { subscribedTopics?: Set<string> }).subscribedTopics;
+    if (topics && !topics.has(JOB_EVENTS_CHANNEL)) return;
     const probe = { payload: JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` }), sentAt: null as number | null };
     this.#awaiting = probe;
     this.#probe.send(probe.payload).then(
@@ -464,6 +478,7 @@ export class FilteredJobEvents {
     let pending = 0;
     const maxPending = this.#maxPending;
     const log = this.#log;
+    const hub = this.#hub;
     let state: "open" | "interrupted" | "lagging" | "ended" = "open";
     let wake: (() => void) | null = null;
     const notify = () => {
@@ -485,6 +500,10 @@ export class FilteredJobEvents {
           payloads.length = 0;
           ready.length = 0;
           pending = 0;
+          // At once, not when its client next reads (it may not): nothing more is kept for it,
+          // and Postgres stops publishing if no one else watches.
+          hub.remove(sink);
+          void release();
         } else {
           payloads.push(passed);
         }
@@ -502,7 +521,6 @@ export class FilteredJobEvents {
       await release();
       throw err;
     }
-    const hub = this.#hub;
     const authorize = this.#authorize;
     const recheckMs = this.#recheckMs;
     let checkedAt = Date.now();
@@ -614,8 +632,9 @@ export function JobEventsPlugin(options: {
         Admins: job and schedule events as they happen, optionally only for some tasks and/or job
         keys starting with a prefix (e.g. offers:42: for everything about offer 42). Over
         websockets (graphql-ws) at /graphql, signed in with connectionParams { authorization:
-        "Bearer <session token>" }. Ends with an error if the event stream is interrupted:
-        resubscribe and re-read what you show.
+        "Bearer <session token>" }. Ends with an error if the event stream is interrupted (EVINT)
+        or if more events wait for this client than the API keeps for one (EVLAG): resubscribe
+        and re-read what you show.
         """
         jobEvents(tasks: [String!], keyPrefix: String): JobEvent!
       }

@@ -234,31 +234,58 @@ describe("publishing only while someone watches", () => {
   });
 });
 
-describe("the publishing flag stuck behind a lock", () => {
-  it("ends the subscriptions while the row is still valid, instead of waiting while it expires", async () => {
+describe("the publishing flag, when it cannot be refreshed", () => {
+  // Valid for 6 s, refreshed every second, each refresh given 0.6 s: the subscriptions must end
+  // before the row expires (about a second before, by the rule), not silently after.
+  const timing = { ttlMs: 6000, refreshMs: 1000, timeoutMs: 600 };
+
+  /** `block` stops refreshes from getting through and returns what lets them through again. */
+  async function endsBeforeExpiry(block: (pool: pg.Pool) => Promise<() => Promise<void>>) {
     const pool = new pg.Pool({ connectionString: db.authUrl, max: 2 });
-    const listeners = new JobEventListeners(pool, testLog, { ttlMs: 4000, refreshMs: 500, timeoutMs: 300 });
+    const listeners = new JobEventListeners(pool, testLog, timing);
     let lostAt: Date | null = null;
     const release = await listeners.acquire(() => {
       void db.pool.query("select clock_timestamp() as t").then(({ rows }) => (lostAt = rows[0].t));
     });
-    // A DBA's transaction holds a lock that every refresh waits for.
-    const locker = await db.pool.connect();
+    let unblocked = false;
+    const unblockOnce = await block(pool);
+    const unblock = async () => {
+      if (unblocked) return;
+      unblocked = true;
+      await unblockOnce();
+    };
     try {
-      await locker.query("begin");
-      await locker.query("lock table app_private.job_event_listeners in access exclusive mode");
-      await waitFor(async () => lostAt !== null, 8000);
-      await locker.query("rollback");
+      await waitFor(async () => lostAt !== null, 10_000);
+      await unblock();
       const { rows } = await db.pool.query("select expires_at from app_private.job_event_listeners where id like 'api:%'");
       expect(rows).toHaveLength(1);
       expect(lostAt!.getTime()).toBeLessThan(rows[0].expires_at.getTime());
     } finally {
-      await locker.query("rollback").catch(() => {});
-      locker.release();
+      await unblock();
       await release();
       await pool.end();
     }
     expect(await listenerRows()).toEqual([]);
+  }
+
+  it("ends the subscriptions while the row is still valid when a refresh is stuck behind a lock", async () => {
+    await endsBeforeExpiry(async () => {
+      // A DBA's transaction holds a lock that every refresh waits for.
+      const locker = await db.pool.connect();
+      await locker.query("begin");
+      await locker.query("lock table app_private.job_event_listeners in access exclusive mode");
+      return async () => {
+        await locker.query("rollback");
+        locker.release();
+      };
+    });
+  });
+
+  it("and when a refresh waits for a connection of a pool that has none free", async () => {
+    await endsBeforeExpiry(async (pool) => {
+      const held = [await pool.connect(), await pool.connect()];
+      return async () => held.forEach((c) => c.release());
+    });
   });
 });
 
@@ -485,21 +512,21 @@ describe("jobEvents", () => {
       config: testConfig(db),
       log: testLog,
       health: { workerRunning: () => null },
-      eventLimits: { recheckMs: 200, probeMs: 300 },
+      eventLimits: { recheckMs: 200, probeMs: 1000 },
     });
     const ownClients = clients.length;
     try {
       const sub = await subscribe(admin.token, { keyPrefix: "cut:" }, cut);
       // Probes come back while the connection delivers: the subscription stays.
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 2500));
       expect(sub.errors).toEqual([]);
       expect(proxy.listening()).toBe(1);
       proxy.cut();
       const cutAt = Date.now();
       await sub.ended;
       expect(sub.errors.map((e) => e.extensions?.code)).toEqual(["EVINT"]);
-      // Two probe intervals at most (one sent, one more to see it did not come back), plus slack.
-      expect(Date.now() - cutAt).toBeLessThan(5000);
+      // Three probe intervals at most (one sent, judged at the first tick half an interval after), plus slack.
+      expect(Date.now() - cutAt).toBeLessThan(8000);
       const again = await subscribe(admin.token, { keyPrefix: "cut:" }, cut);
       expect(proxy.listening()).toBe(2);
       await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'cut:after')");
@@ -520,7 +547,7 @@ describe("jobEvents", () => {
       config: testConfig(db, { API_POOL_SIZE: "2" }),
       log: testLog,
       health: { workerRunning: () => null },
-      eventLimits: { recheckMs: 200, probeMs: 300 },
+      eventLimits: { recheckMs: 200, probeMs: 1000 },
     });
     const ownClients = clients.length;
     const locker = await db.pool.connect();
@@ -533,8 +560,12 @@ describe("jobEvents", () => {
         headers: { "content-type": "application/json", authorization: `Bearer ${user.token}` },
         body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
       });
-      // Five probe intervals with no connection to send a probe on.
-      await new Promise((r) => setTimeout(r, 1500));
+      // The request holds the pool's other connection, waiting on the lock.
+      await waitFor(async () =>
+        (await db.pool.query("select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'")).rows[0].n === 1,
+      );
+      // Three probe intervals with no connection to send a probe on.
+      await new Promise((r) => setTimeout(r, 3500));
       await locker.query("rollback");
       expect((await held).status).toBe(200);
       await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'busy:after')");
