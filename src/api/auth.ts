@@ -4,6 +4,7 @@
 import type { NextFunction, Request, Response } from "express";
 import type { WithPgClient } from "postgraphile/@dataplan/pg";
 import type { Logger } from "../log.ts";
+import { UNAVAILABLE } from "./errors.ts";
 import type { BearerSession, SessionLookup } from "./sessions.ts";
 
 const sessions = new WeakMap<Request, BearerSession>();
@@ -43,7 +44,7 @@ export function authenticate(lookup: SessionLookup, log: Logger) {
       next();
     } catch (err) {
       log.error("session lookup failed", { err });
-      reject(res, 503, "UNAVAILABLE", "The service is temporarily unavailable.");
+      reject(res, 503, UNAVAILABLE.code, UNAVAILABLE.message);
     }
   };
 }

@@ -8,6 +8,7 @@ import path from "node:path";
 import { GraphQLError } from "postgraphile/graphql";
 import { isSafeError } from "postgraphile/grafast";
 import type { Logger } from "../log.ts";
+import { isConnectionLoss, isConnectTimeout } from "../db/pool.ts";
 
 export const ERROR_CODES_FILE = path.resolve(import.meta.dirname, "../../migrations/ERROR_CODES.md");
 
@@ -21,6 +22,9 @@ export const STANDARD_ERRORS: Readonly<Record<string, { code: string; message: s
   "42501": { code: "PERMISSION_DENIED", message: "Permission denied." },
   "57014": { code: "STATEMENT_TIMEOUT", message: "The request took too long and was cancelled." },
 };
+
+/** The database could not be reached for a request, or no connection was free in time. */
+export const UNAVAILABLE = { code: "UNAVAILABLE", message: "The service is temporarily unavailable: try again shortly." };
 
 /** Reads the codes from the registry's table rows: `| ABCDE | ... |`. */
 export function loadErrorCodes(file = ERROR_CODES_FILE): Set<string> {
@@ -66,6 +70,12 @@ export function makeMaskError(codes: ReadonlySet<string>, log: Logger): (error: 
           ...(typeof constraint === "string" ? { constraint } : {}),
         });
       }
+    }
+    // The database unreachable (down, restarting, a network cut) or every connection busy past the
+    // pool's wait: nothing the request did, and worth trying again.
+    if (isConnectionLoss(original) || isConnectTimeout(original)) {
+      log.warn("a GraphQL request could not reach the database", { path: error.path?.join("."), err: original });
+      return rebuilt(error, UNAVAILABLE.message, { code: UNAVAILABLE.code });
     }
     const masked = unexpected(log, "masked an unexpected error in a GraphQL request", original, { path: error.path?.join(".") });
     return rebuilt(error, masked.message, masked.extensions);

@@ -46,6 +46,8 @@ export interface ApiOptions {
   tasks?: readonly ResolvedTask[];
   /** jobEvents: how often a subscription re-checks its session (30 s), how many events may wait for its client (MAX_PENDING_EVENTS), how often the LISTEN connection is probed (PROBE_MS); tests lower them. */
   eventLimits?: EventLimits;
+  /** How long a request waits for a pool connection (API_CONNECT_TIMEOUT_MS; tests shorten it). */
+  connectTimeoutMs?: number;
   /** The session listener's first wait before it reconnects (default 500 ms; tests lengthen it). */
   sessionListenerRetryMs?: number;
 }
@@ -114,9 +116,16 @@ function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
   return () => (inFlight ??= readWithin().finally(() => (inFlight = null)));
 }
 
-export async function startApi({ authUrl, config, log, health, tasks, eventLimits, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
+/**
+ * How long a request waits for one of the pool's connections (all busy, or the database not
+ * answering a new one) before it fails with UNAVAILABLE, instead of waiting for ever
+ * (a network cut: minutes, until TCP gives up).
+ */
+export const API_CONNECT_TIMEOUT_MS = 10_000;
+
+export async function startApi({ authUrl, config, log, health, tasks, eventLimits, connectTimeoutMs, sessionListenerRetryMs }: ApiOptions): Promise<ApiHandle> {
   const apiLog = log.child({ component: "api" });
-  const pool = createPool(authUrl, { max: config.apiPoolSize, name: "api" }, apiLog);
+  const pool = createPool(authUrl, { max: config.apiPoolSize, name: "api", connectTimeoutMs: connectTimeoutMs ?? API_CONNECT_TIMEOUT_MS }, apiLog);
   coalesceTransactionStart(pool);
   const development = config.mode === "development";
   // One listening connection per process for every subscription (jobEvents).

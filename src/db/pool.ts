@@ -11,6 +11,8 @@ export interface PoolOptions {
   settings?: string;
   /** Connections kept open when idle (the rest close after 10 s idle). */
   min?: number;
+  /** How long a checkout may wait, for a free connection or a new one (unset: for ever). */
+  connectTimeoutMs?: number;
 }
 
 export function createPool(connectionString: string, options: PoolOptions, log: Logger): pg.Pool {
@@ -18,6 +20,7 @@ export function createPool(connectionString: string, options: PoolOptions, log: 
     connectionString,
     max: options.max,
     min: options.min ?? 0,
+    ...(options.connectTimeoutMs ? { connectionTimeoutMillis: options.connectTimeoutMs } : {}),
     application_name: `hourglass-${options.name}`,
     ...(options.settings ? { options: options.settings } : {}),
   });
@@ -46,6 +49,12 @@ export function isConnectionLoss(err: unknown): boolean {
   if (typeof code === "string" && NETWORK_ERRORS.has(code)) return true;
   // pg's own messages for a client whose connection ended (they carry no code).
   return /Connection terminated|not queryable|Client was closed/i.test(err.message);
+}
+
+/** True when a pool checkout gave up (connectTimeoutMs): no connection free, or none could be made, in time. */
+export function isConnectTimeout(err: unknown): boolean {
+  // pg-pool's own messages (no code): waiting for a free connection, or for a new one.
+  return err instanceof Error && /^(timeout exceeded when trying to connect|Connection terminated due to connection timeout)/i.test(err.message);
 }
 
 type AnyQuery = (...args: unknown[]) => unknown;

@@ -6,6 +6,7 @@ import { loadErrorCodes, makeMaskError } from "../../src/api/errors.ts";
 import { printSchemaSDL, SCHEMA_FILE } from "../../src/api/schema.ts";
 import { createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { graphql } from "../helpers/graphql.ts";
+import { startPgProxy } from "../helpers/proxy.ts";
 
 let db: TestDb;
 let api: ApiHandle;
@@ -180,6 +181,75 @@ describe("API_POOL_SIZE", () => {
       await locker.query("rollback").catch(() => {});
       locker.release();
       await smallApi.stop();
+    }
+  });
+});
+
+describe("the database out of reach", () => {
+  const ask = (on: ApiHandle, token: string) => graphql(on, token, "{ currentUser { rowId } }");
+
+  it("answers UNAVAILABLE while the database cannot be reached, and serves again once it can", async () => {
+    const { id } = await createUser(db);
+    const { token } = await signIn(db, id);
+    const proxy = await startPgProxy(new URL(db.authUrl));
+    const far = await startApi({ authUrl: proxy.url(db.authUrl), config: testConfig(db), log: testLog, health: { workerRunning: () => null } });
+    try {
+      expect((await ask(far, token)).data?.currentUser?.rowId).toBe(id);
+      await proxy.refuse();
+      // Anonymous, so that the request itself meets the outage (a bearer token's lookup would answer
+      // 503 before it: the sessions' listener is down too, so nothing is remembered).
+      const refused = await fetch(`${far.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
+      });
+      expect(refused.status).toBe(200);
+      const body = (await refused.json()) as { errors?: { message: string; extensions?: { code?: string } }[] };
+      expect(body.errors?.map((e) => [e.extensions?.code, e.message])).toEqual([["UNAVAILABLE", "The service is temporarily unavailable: try again shortly."]]);
+      const withToken = await fetch(`${far.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
+      });
+      expect([withToken.status, ((await withToken.json()) as typeof body).errors?.[0]?.extensions?.code]).toEqual([503, "UNAVAILABLE"]);
+      await proxy.accept();
+      expect((await ask(far, token)).data?.currentUser?.rowId).toBe(id);
+    } finally {
+      await far.stop();
+      await proxy.close();
+    }
+  });
+
+  it("answers UNAVAILABLE when no connection is free in time, instead of waiting for ever", async () => {
+    const { id } = await createUser(db);
+    const { token } = await signIn(db, id);
+    const small = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db, { API_POOL_SIZE: "2" }),
+      log: testLog,
+      health: { workerRunning: () => null },
+      connectTimeoutMs: 500,
+    });
+    const locker = await db.pool.connect();
+    try {
+      await ask(small, token); // its session is remembered: the next requests need no lookup
+      await locker.query("begin");
+      await locker.query("lock table app_public.users in access exclusive mode");
+      // Two requests wait on the lock, holding both connections.
+      const held = [ask(small, token), ask(small, token)];
+      const waiting = async () =>
+        (await db.pool.query("select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'")).rows[0].n as number;
+      const deadline = Date.now() + 5000;
+      while ((await waiting()) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(await waiting()).toBe(2);
+      const third = await ask(small, token);
+      expect(third.errors?.map((e) => e.extensions?.code)).toEqual(["UNAVAILABLE"]);
+      await locker.query("rollback");
+      expect((await Promise.all(held)).map((r) => r.data?.currentUser?.rowId)).toEqual([id, id]);
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await small.stop();
     }
   });
 });

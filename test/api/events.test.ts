@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createClient, type Client } from "graphql-ws";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
-import net from "node:net";
+import type net from "node:net";
 import pg from "pg";
 import WebSocket from "ws";
 import { HistoryWriter } from "../../src/worker/history.ts";
@@ -16,6 +16,7 @@ import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { JobEventListeners } from "../../src/api/events.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
+import { startPgProxy } from "../helpers/proxy.ts";
 import { asUser, createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { createCompany, createWorker, draftOffer } from "../helpers/offers.ts";
 
@@ -149,46 +150,6 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000) {
     if (Date.now() > until) throw new Error("timed out waiting");
     await new Promise((r) => setTimeout(r, 25));
   }
-}
-
-/**
- * A TCP proxy to Postgres that can stop forwarding, both ways, on the connections that sent a
- * LISTEN on the events channel, leaving them open: they then deliver nothing and report nothing.
- */
-async function cuttingProxy(target: URL) {
-  const sockets = new Set<net.Socket>();
-  const listeners: { client: net.Socket; upstream: net.Socket }[] = [];
-  const server = net.createServer((client) => {
-    const upstream = net.connect(Number(target.port || 5432), target.hostname);
-    sockets.add(client).add(upstream);
-    client.on("data", (d: Buffer) => {
-      if (d.includes('LISTEN "hourglass:job_events"')) listeners.push({ client, upstream });
-    });
-    client.pipe(upstream);
-    upstream.pipe(client);
-    for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
-      a.on("error", () => b.destroy());
-      a.on("close", () => b.destroy());
-    }
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    /** How many connections have sent that LISTEN so far. */
-    listening: () => listeners.length,
-    cut() {
-      for (const { client, upstream } of listeners) {
-        client.unpipe(upstream);
-        upstream.unpipe(client);
-        client.pause();
-        upstream.pause();
-      }
-    },
-    close() {
-      server.close();
-      for (const s of sockets) s.destroy();
-    },
-  };
 }
 
 /** Notifications on the events channel seen by a plain LISTEN connection (as a DBA in psql). */
@@ -504,11 +465,9 @@ describe("jobEvents", () => {
   it("finds a LISTEN connection that stopped delivering without an error: EVINT, and new subscriptions listen on a new one", async () => {
     // The API reaches Postgres through a proxy that can stop forwarding the LISTEN connection's
     // bytes, both ways, without closing anything: a network cut as the API sees it.
-    const proxy = await cuttingProxy(new URL(db.authUrl));
-    const url = new URL(db.authUrl);
-    url.host = `127.0.0.1:${proxy.port}`;
+    const proxy = await startPgProxy(new URL(db.authUrl));
     const cut = await startApi({
-      authUrl: url.toString(),
+      authUrl: proxy.url(db.authUrl),
       config: testConfig(db),
       log: testLog,
       health: { workerRunning: () => null },
@@ -521,7 +480,7 @@ describe("jobEvents", () => {
       await new Promise((r) => setTimeout(r, 2500));
       expect(sub.errors).toEqual([]);
       expect(proxy.listening()).toBe(1);
-      proxy.cut();
+      proxy.cutListeners();
       const cutAt = Date.now();
       await sub.ended;
       expect(sub.errors.map((e) => e.extensions?.code)).toEqual(["EVINT"]);
@@ -535,7 +494,7 @@ describe("jobEvents", () => {
     } finally {
       await Promise.all(clients.splice(ownClients).map((c) => c.dispose()));
       await cut.stop();
-      proxy.close();
+      await proxy.close();
       await db.pool.query("select graphile_worker.remove_job('cut:after')");
     }
   });
