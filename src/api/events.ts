@@ -24,6 +24,7 @@ import { hostname } from "node:os";
 import type pg from "pg";
 import { context, lambda, listen, type GrafastSubscriber } from "postgraphile/grafast";
 import type { Logger } from "../log.ts";
+import { withTransactionClient } from "../db/pool.ts";
 import { extendSchema, gql } from "postgraphile/utils";
 import { requireAdmin } from "./auth.ts";
 import { CodedError } from "./trigger.ts";
@@ -151,19 +152,12 @@ export class JobEventListeners {
   }
 
   /** One statement in a transaction of its own, under the timeout. */
-  async #run(text: string, values: unknown[]): Promise<void> {
-    const client = await this.#pool.connect();
-    let broken: Error | undefined;
-    try {
+  #run(text: string, values: unknown[]): Promise<void> {
+    return withTransactionClient(this.#pool, async (client) => {
       await client.query(`begin; set local statement_timeout = ${Math.round(this.#timeoutMs)}`);
       await client.query(text, values);
       await client.query("commit");
-    } catch (err) {
-      await client.query("rollback").catch((e: Error) => (broken = e));
-      throw err;
-    } finally {
-      client.release(broken);
-    }
+    });
   }
 
   async #touch() {
@@ -257,8 +251,8 @@ interface Sink {
  * would arrive, and no one would be told. So while it listens the hub publishes a probe of its own
  * every probeMs (from the pool, on the events channel) and expects it back on the LISTEN
  * connection by the next tick at least half an interval after it was sent; when one does not
- * come back, the connection is taken for dead: it is destroyed (PgSubscriber then replaces it for later subscriptions) and every
- * subscription ends with EVINT.
+ * come back, the connection is taken for dead: it is destroyed (PgSubscriber then replaces it
+ * for later subscriptions) and every subscription ends with EVINT.
  */
 class JobEventHub {
   static #hubs = new WeakMap<object, JobEventHub>();
@@ -343,17 +337,7 @@ class JobEventHub {
       // Judged after this loop turn's I/O, so that a probe already in the socket (the event loop
       // was busy past the interval) is read first.
       setImmediate(() => {
-        if (this.#awaiting !== last || this.#inner !== inner) return;
-        this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
-          waitedMs: Date.now() - last.sentAt!,
-          endingSubscriptions: this.#sinks.size,
-        });
-        this.#failAll();
-        void inner.return?.(undefined)?.catch(() => {});
-        // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets
-        // it go and listens on a new one for the next subscription.
-        const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
-        listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
+        if (this.#awaiting === last && this.#inner === inner) this.#takeForDead(inner, Date.now() - last.sentAt!);
       });
       return;
     }
@@ -373,6 +357,20 @@ class JobEventHub {
       },
     );
   };
+
+  /** Its probe did not come back: every subscription ends (EVINT), and the connection goes. */
+  #takeForDead(inner: AsyncIterator<unknown>, waitedMs: number): void {
+    this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
+      waitedMs,
+      endingSubscriptions: this.#sinks.size,
+    });
+    this.#failAll();
+    void inner.return?.(undefined)?.catch(() => {});
+    // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets it go
+    // and listens on a new one for the next subscription.
+    const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
+    listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
+  }
 
   async #pump(inner: AsyncIterator<unknown>): Promise<void> {
     for (;;) {

@@ -10,7 +10,7 @@ import { grafserv } from "postgraphile/grafserv/express/v4";
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
-import { createPool } from "../db/pool.ts";
+import { createPool, withTransactionClient } from "../db/pool.ts";
 import { coalesceTransactionStart } from "./transaction-start.ts";
 import { authenticate } from "./auth.ts";
 import { SessionCache } from "./sessions.ts";
@@ -74,11 +74,10 @@ interface JobFacts {
  * share its answer.
  */
 function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
-  const read = async (): Promise<JobFacts> => {
-    const client = await pool.connect();
-    let broken: Error | undefined;
-    try {
-      // One round trip: the four statements as one simple-protocol message.
+  const read = () =>
+    withTransactionClient(pool, async (client): Promise<JobFacts> => {
+      // One round trip: the four statements as one simple-protocol message (a failure stops it
+      // inside the transaction, which the helper rolls back).
       const results = (await client.query(
         "begin; set local statement_timeout = 2000; select * from app_hidden.job_health(); commit",
       )) as unknown as pg.QueryResult[];
@@ -93,14 +92,7 @@ function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
         workersAlive: r.workers_alive,
         schedulerHealthy: r.scheduler_healthy,
       };
-    } catch (err) {
-      // The message stops at the failed statement, inside its transaction.
-      await client.query("rollback").catch((e: Error) => (broken = e));
-      throw err;
-    } finally {
-      client.release(broken);
-    }
-  };
+    });
   let inFlight: Promise<JobFacts | null> | null = null;
   const readWithin = async (): Promise<JobFacts | null> => {
     let timer: NodeJS.Timeout | undefined;

@@ -51,10 +51,32 @@ export function isConnectionLoss(err: unknown): boolean {
   return /Connection terminated|not queryable|Client was closed/i.test(err.message);
 }
 
-/** True when a pool checkout gave up (connectTimeoutMs): no connection free, or none could be made, in time. */
+/**
+ * True when a pool checkout gave up waiting for a free connection (connectTimeoutMs). One that
+ * gave up waiting for a new connection is a connection loss ("Connection terminated due to
+ * connection timeout").
+ */
 export function isConnectTimeout(err: unknown): boolean {
-  // pg-pool's own messages (no code): waiting for a free connection, or for a new one.
-  return err instanceof Error && /^(timeout exceeded when trying to connect|Connection terminated due to connection timeout)/i.test(err.message);
+  // pg-pool's own message (no code).
+  return err instanceof Error && /^timeout exceeded when trying to connect/i.test(err.message);
+}
+
+/**
+ * Runs fn on a client of the pool's own, for work that opens a transaction: if fn fails, the
+ * transaction is rolled back, and a client whose rollback fails too (its connection is gone) is
+ * destroyed rather than returned to the pool.
+ */
+export async function withTransactionClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    return await fn(client);
+  } catch (err) {
+    await client.query("rollback").catch((e: Error) => (broken = e));
+    throw err;
+  } finally {
+    client.release(broken);
+  }
 }
 
 type AnyQuery = (...args: unknown[]) => unknown;

@@ -4,7 +4,7 @@ import { GraphQLError } from "postgraphile/graphql";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadErrorCodes, makeMaskError } from "../../src/api/errors.ts";
 import { printSchemaSDL, SCHEMA_FILE } from "../../src/api/schema.ts";
-import { createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { apiBackendsWaitingOnLock, createTestDb, createUser, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { graphql } from "../helpers/graphql.ts";
 import { startPgProxy } from "../helpers/proxy.ts";
 
@@ -160,20 +160,16 @@ describe("API_POOL_SIZE", () => {
     const { id } = await createUser(db);
     const { token } = await signIn(db, id);
     const smallApi = await startApi({ authUrl: db.authUrl, config: testConfig(db, { API_POOL_SIZE: "3" }), log: testLog, health: { workerRunning: () => null } });
-    const apiBackends = async () =>
-      (await db.pool.query(
-        "select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'",
-      )).rows[0].n as number;
     const locker = await db.pool.connect();
     try {
       await locker.query("begin");
       await locker.query("lock table app_public.users in access exclusive mode");
       const requests = Array.from({ length: 8 }, () => graphql(smallApi, token, "{ currentUser { rowId } }"));
       const deadline = Date.now() + 5000;
-      while ((await apiBackends()) < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while ((await apiBackendsWaitingOnLock(db)) < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       // Time for the other five to reach the pool (with its old fixed size of 20, all 8 waited on the lock).
       await new Promise((r) => setTimeout(r, 500));
-      expect(await apiBackends()).toBe(3);
+      expect(await apiBackendsWaitingOnLock(db)).toBe(3);
       await locker.query("rollback");
       const answers = await Promise.all(requests);
       expect(answers.map((a) => a.data?.currentUser?.rowId)).toEqual(Array(8).fill(id));
@@ -237,11 +233,9 @@ describe("the database out of reach", () => {
       await locker.query("lock table app_public.users in access exclusive mode");
       // Two requests wait on the lock, holding both connections.
       const held = [ask(small, token), ask(small, token)];
-      const waiting = async () =>
-        (await db.pool.query("select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'")).rows[0].n as number;
       const deadline = Date.now() + 5000;
-      while ((await waiting()) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(await waiting()).toBe(2);
+      while ((await apiBackendsWaitingOnLock(db)) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(await apiBackendsWaitingOnLock(db)).toBe(2);
       const third = await ask(small, token);
       expect(third.errors?.map((e) => e.extensions?.code)).toEqual(["UNAVAILABLE"]);
       await locker.query("rollback");

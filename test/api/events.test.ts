@@ -17,7 +17,7 @@ import { JobEventListeners } from "../../src/api/events.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
 import { startPgProxy } from "../helpers/proxy.ts";
-import { asUser, createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { apiBackendsWaitingOnLock, asUser, createTestDb, createUser, drainJobs, signIn, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { createCompany, createWorker, draftOffer } from "../helpers/offers.ts";
 
 let db: TestDb;
@@ -520,9 +520,7 @@ describe("jobEvents", () => {
         body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
       });
       // The request holds the pool's other connection, waiting on the lock.
-      await waitFor(async () =>
-        (await db.pool.query("select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'")).rows[0].n === 1,
-      );
+      await waitFor(async () => (await apiBackendsWaitingOnLock(db)) === 1);
       // Three probe intervals with no connection to send a probe on.
       await new Promise((r) => setTimeout(r, 3500));
       await locker.query("rollback");

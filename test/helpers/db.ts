@@ -75,6 +75,14 @@ export function testConfig(db: TestDb, env: Record<string, string> = {}): Config
   });
 }
 
+/** How many of the test APIs' request connections (application_name hourglass-api) wait on a lock. */
+export async function apiBackendsWaitingOnLock(db: TestDb): Promise<number> {
+  const { rows } = await db.pool.query(
+    "select count(*)::int as n from pg_stat_activity where application_name = 'hourglass-api' and datname = current_database() and wait_event_type = 'Lock'",
+  );
+  return rows[0].n as number;
+}
+
 export async function createUser(db: TestDb, opts: { email?: string; isAdmin?: boolean } = {}) {
   const email = opts.email ?? `user-${randomBytes(4).toString("hex")}@example.com`;
   const { rows } = await db.pool.query<{ id: string }>(
