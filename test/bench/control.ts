@@ -17,6 +17,7 @@ import { createLogger } from "../../src/log.ts";
 import { withCredentials } from "../../src/db/pool.ts";
 import { loadTasks } from "../../src/worker/catalogue.ts";
 import type { BenchDb, BenchHelpers } from "./offers.ts";
+import { CpuAccount } from "./cpu.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const NODE = path.join(ROOT, "node_modules/.bin/node");
@@ -53,6 +54,7 @@ export interface Latency {
   n: number;
   /** Requests cancelled by the statement timeout: counted here, left out of the percentiles. */
   timeouts: number;
+  mean: number;
   p50: number;
   p95: number;
   max: number;
@@ -66,6 +68,8 @@ export interface QueryFigures {
   /** The same from one client. */
   graphqlAlone: Latency;
   sqlAlone: Latency;
+  /** CPU per GraphQL request at CLIENTS clients (warm-up requests included), by process. */
+  cpu: ReturnType<CpuAccount["perRequest"]>;
 }
 export interface RecoveryRun {
   deadAfterMs: number;
@@ -102,7 +106,8 @@ const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.lengt
 
 function latency(ms: number[], timeouts: number): Latency {
   const s = [...ms].sort((a, b) => a - b);
-  return { n: s.length, timeouts, p50: percentile(s, 50), p95: percentile(s, 95), max: s.at(-1) ?? NaN };
+  const mean = s.reduce((a, b) => a + b, 0) / (s.length || NaN);
+  return { n: s.length, timeouts, mean, p50: percentile(s, 50), p95: percentile(s, 95), max: s.at(-1) ?? NaN };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -423,7 +428,7 @@ async function asAdmin<T>(pool: pg.Pool, visitor: string, sessionId: string, fn:
 }
 
 /** The API in its own process, started as deployed (NODE_ENV=production); resolves with its URL. */
-export function spawnApi(db: BenchDb, password: string, env: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<unknown> }> {
+export function spawnApi(db: BenchDb, password: string, env: Record<string, string> = {}): Promise<{ url: string; pid: number; stop(): Promise<unknown> }> {
   return new Promise((resolve, reject) => {
     const child = spawn(NODE, [import.meta.filename], {
       cwd: ROOT,
@@ -450,7 +455,7 @@ export function spawnApi(db: BenchDb, password: string, env: Record<string, stri
     child.stdout!.on("data", (d) => {
       out += d;
       const m = /READY (\S+)/.exec(out);
-      if (m) resolve({ url: m[1]!, stop });
+      if (m) resolve({ url: m[1]!, pid: child.pid!, stop });
     });
     void exited.then((code) => reject(new Error(`the API process exited before it was ready (${code})`)));
   });
@@ -609,17 +614,29 @@ export async function queryFigures(db: BenchDb, password: string, admin: { token
   const fmt = (l: Latency) => (l.n || l.timeouts ? `p50 ${l.p50.toFixed(1)} ms, p95 ${l.p95.toFixed(1)} ms (n ${l.n}${l.timeouts ? `, ${l.timeouts} timed out` : ""})` : "not run");
   const fmtAlone = (l: Latency) => (l.timeouts ? `timed out alone (${l.n} answered)` : `alone p50 ${l.p50.toFixed(1)} ms`);
   try {
-    const paths = QUERIES.map((q) => ({
-      q,
-      viaGraphql: () => graphqlRequest(agent, api.url, admin.token, q),
-      viaSql: () =>
-        asAdmin(authPool, visitor, admin.sessionId, async (c) => {
-          const { rows } = await c.query(q.sql, Object.values(q.variables()));
-          if (q.name.startsWith("overview") && !rows[0]?.queued) throw new Error("the overview is empty: not seen as an admin");
-        }),
-      graphqlSamples: { ms: [], timeouts: 0 } as Samples,
-      sqlSamples: { ms: [], timeouts: 0 } as Samples,
-    }));
+    const paths = QUERIES.map((q) => {
+      const p = {
+        q,
+        /** GraphQL requests finished, warm-up and timed-out ones too: what the CPU account divides by. */
+        graphqlDone: 0,
+        viaGraphql: async () => {
+          try {
+            await graphqlRequest(agent, api.url, admin.token, q);
+          } finally {
+            p.graphqlDone++;
+          }
+        },
+        viaSql: () =>
+          asAdmin(authPool, visitor, admin.sessionId, async (c) => {
+            const { rows } = await c.query(q.sql, Object.values(q.variables()));
+            if (q.name.startsWith("overview") && !rows[0]?.queued) throw new Error("the overview is empty: not seen as an admin");
+          }),
+        graphqlSamples: { ms: [], timeouts: 0 } as Samples,
+        sqlSamples: { ms: [], timeouts: 0 } as Samples,
+        cpu: new CpuAccount(),
+      };
+      return p;
+    });
     // Alone first (its warm-up serves both paths' loaded rounds).
     const alone = new Map<string, { graphql: Latency; sql: Latency }>();
     for (const p of paths) {
@@ -632,7 +649,14 @@ export async function queryFigures(db: BenchDb, password: string, admin: { token
     for (let round = 0; round < ROUNDS; round++) {
       for (const p of paths) {
         const a = alone.get(p.q.name)!;
-        if (!a.graphql.timeouts) await load(p.viaGraphql, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, p.graphqlSamples);
+        if (!a.graphql.timeouts) {
+          const doneBefore = p.graphqlDone;
+          await p.cpu.measure(
+            api.pid,
+            () => load(p.viaGraphql, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, p.graphqlSamples),
+            () => p.graphqlDone - doneBefore,
+          );
+        }
         if (!a.sql.timeouts) await load(p.viaSql, CLIENTS, LOADED_WARM_UP, REQUESTS / ROUNDS, ROUND_LIMIT_MS, p.sqlSamples);
       }
     }
@@ -641,8 +665,10 @@ export async function queryFigures(db: BenchDb, password: string, admin: { token
       const { graphql: graphqlAlone, sql: sqlAlone } = alone.get(q.name)!;
       const graphql = latency(p.graphqlSamples.ms, p.graphqlSamples.timeouts);
       const sql = latency(p.sqlSamples.ms, p.sqlSamples.timeouts);
-      queries.push({ name: q.name, reference: q.reference ?? false, graphqlAlone, graphql, sqlAlone, sql });
-      console.log(`  ${q.name}\n    GraphQL ${fmt(graphql)}; ${fmtAlone(graphqlAlone)}\n    SQL ${fmt(sql)}; ${fmtAlone(sqlAlone)}`);
+      const cpu = p.cpu.perRequest();
+      queries.push({ name: q.name, reference: q.reference ?? false, graphqlAlone, graphql, sqlAlone, sql, cpu });
+      const cpuText = `API ${cpu.api.toFixed(2)}, PostgreSQL ${cpu.postgres?.toFixed(2) ?? "(not on this machine)"}, clients ${cpu.clients.toFixed(2)} ms CPU per request; steal ${cpu.stealPercent.toFixed(1)}%`;
+      console.log(`  ${q.name}\n    GraphQL ${fmt(graphql)}; ${fmtAlone(graphqlAlone)}\n      ${cpuText}\n    SQL ${fmt(sql)}; ${fmtAlone(sqlAlone)}`);
       if (!q.reference && !(graphql.p95 <= GOAL_P95_MS)) {
         // Executed (one minute allowed) unless it timed out alone: then the plan alone.
         const explain = sqlAlone.timeouts ? "explain (costs off)" : "explain (analyze, buffers, costs off)";

@@ -634,6 +634,46 @@ async function main() {
       "",
     );
   }
+  /**
+   * Where each GraphQL request's CPU went at CLIENTS clients, and what a closed loop on this
+   * machine's cores makes of it: the floor under the mean latency, and the CPU per request the goal
+   * would need at the reference's own p95-to-mean ratio.
+   */
+  const cpuLines = (control: ControlFigures) => {
+    const c = controlPlane;
+    const cores = os.cpus().length;
+    const ms = (x: number | null) => (x === null || !Number.isFinite(x) ? "–" : x.toFixed(2));
+    const floor = (total: number | null) => (total === null ? null : (c.CLIENTS * total) / cores);
+    const reference = control.queries.find((q) => q.reference);
+    const ratio = reference ? reference.graphql.p95 / reference.graphql.mean : NaN;
+    const remote = control.queries.every((q) => q.cpu.postgres === null);
+    return [
+      `CPU per GraphQL request in the same ${c.CLIENTS}-client rounds (their warm-up requests included), read from /proc: the API process,`,
+      "every process named `postgres` on this machine (the server's backends, and its background processes), and the bench process",
+      "(the clients). Other = the machine's busy time charged to none of the three: mostly the kernel's network processing (softirq)",
+      `for the loopback traffic, which no process is charged for, and any other program. A closed loop that is bound by CPU cannot`,
+      `answer faster on average than ${c.CLIENTS} × total / ${cores} cores: the floor column. Steal = the share of the machine's time in`,
+      "those rounds that its host gave to other guests.",
+      ...(remote ? ["", "(No process named `postgres` ran on this machine: the server is elsewhere, so its CPU is not counted here.)"] : []),
+      "",
+      "| query | API ms | PostgreSQL ms | clients ms | total ms | other ms | floor ms | GraphQL mean ms | p95 ms | steal % |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      ...control.queries.map(
+        (q) =>
+          `| ${q.name} | ${ms(q.cpu.api)} | ${ms(q.cpu.postgres)} | ${ms(q.cpu.clients)} | ${ms(q.cpu.total)} | ${ms(q.cpu.other)} | ` +
+          `${ms(floor(q.cpu.total))} | ${q.graphql.mean.toFixed(1)} | ${q.graphql.p95.toFixed(1)} | ${q.cpu.stealPercent.toFixed(1)} |`,
+      ),
+      ...(reference && Number.isFinite(ratio) && !remote
+        ? [
+            "",
+            `The reference's p95 is ${ratio.toFixed(2)}× its mean in this run. At that ratio, a p95 of ${c.GOAL_P95_MS} ms needs a mean of ` +
+              `${(c.GOAL_P95_MS / ratio).toFixed(1)} ms, which on ${cores} cores at ${c.CLIENTS} clients is at most ` +
+              `${((c.GOAL_P95_MS / ratio) * cores / c.CLIENTS).toFixed(2)} ms of CPU per request, API, PostgreSQL and clients together; ` +
+              `the reference itself costs ${ms(reference.cpu.total)} ms.`,
+          ]
+        : []),
+    ];
+  };
   if (control) {
     const ms = (x: number) => (Number.isNaN(x) ? "–" : x.toFixed(1));
     const lat = (l: Latency) =>
@@ -667,6 +707,8 @@ async function main() {
       `| query | GraphQL alone p50 ms | GraphQL p50 ms | p95 ms | max ms | n | SQL alone p50 ms | SQL p50 ms | p95 ms | max ms | n | GraphQL p95 ≤ ${c.GOAL_P95_MS} ms |`,
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
       ...control.queries.map((q) => `| ${q.name} | ${alone(q.graphqlAlone)} | ${lat(q.graphql)} | ${alone(q.sqlAlone)} | ${lat(q.sql)} | ${verdict(q)} |`),
+      "",
+      ...cpuLines(control),
       "",
       `The overview again from ${c.CLIENTS} clients, through one API process per pool size (\`API_POOL_SIZE\`), started together and taking turns`,
       `in ${c.ROUNDS} rounds as above: how many connections an API process should use when the database, the API and the clients share ${os.cpus().length} cores.`,
