@@ -14,7 +14,8 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { sessionOf } from "./auth.ts";
-import { unexpected } from "./errors.ts";
+import { isConnectionLoss, isConnectTimeout, withTransactionClient } from "../db/pool.ts";
+import { STANDARD_ERRORS, UNAVAILABLE, unexpected } from "./errors.ts";
 
 class TooLarge extends Error {}
 class Aborted extends Error {}
@@ -88,8 +89,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
       });
       const upload = stored as { name: string; type: string; size: number } | null;
       if (!upload) return fail(res, 400, "NO_FILE", "No field named file in the form.");
-      const client = await pool.connect();
-      try {
+      const row = await withTransactionClient(pool, async (client) => {
         await client.query("begin");
         await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [config.roles.visitor, sessionId]);
         const { rows } = await client.query(
@@ -98,14 +98,10 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
           [storageKey, upload.name, upload.size, upload.type, `${config.uploads.ttlHours} hours`],
         );
         await client.query("commit");
-        log.info("file uploaded", { file: rows[0].rowId, bytes: upload.size });
-        res.status(201).json(rows[0]);
-      } catch (err) {
-        await client.query("rollback").catch(() => {});
-        throw err;
-      } finally {
-        client.release();
-      }
+        return rows[0];
+      });
+      log.info("file uploaded", { file: row.rowId, bytes: upload.size });
+      res.status(201).json(row);
     } catch (err) {
       await Promise.allSettled(writes);
       await fs.rm(file, { force: true });
@@ -114,6 +110,15 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
       if (!req.complete) res.set("connection", "close");
       if (err instanceof TooLarge) return fail(res, 413, "FILE_TOO_LARGE", `Files are limited to ${config.uploads.maxBytes} bytes.`);
       if (err instanceof BadForm) return fail(res, 400, "BAD_MULTIPART", `Not a valid multipart/form-data body: ${err.message}.`);
+      // From recording it: the same answers as GraphQL's for the same causes.
+      const code = (err as { code?: unknown }).code;
+      // The session expired or was signed out while the file was arriving (record_upload's UPPRM).
+      if (code === "UPPRM") return fail(res, 401, "UNAUTHENTICATED", "Sign in to upload.");
+      if (code === "57014") return fail(res, 503, STANDARD_ERRORS["57014"]!.code, STANDARD_ERRORS["57014"]!.message);
+      if (isConnectionLoss(err) || isConnectTimeout(err)) {
+        log.warn("an upload could not reach the database; nothing kept", { err });
+        return fail(res, 503, UNAVAILABLE.code, UNAVAILABLE.message);
+      }
       res.status(500).json({ errors: [unexpected(log, "upload failed", err)] });
     }
   };

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
 import { loadTasks } from "../../src/worker/catalogue.ts";
 import type { ResolvedTask } from "../../src/worker/task.ts";
-import { asUser, createTestDb, drainJobs, jobRuns, testConfig, testLog, type TestDb } from "../helpers/db.ts";
+import { apiBackendsWaitingOnLock, asUser, createTestDb, drainJobs, jobRuns, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { person, type Person } from "../helpers/offers.ts";
 
 let db: TestDb;
@@ -141,6 +141,88 @@ describe("POST /uploads: limits and bad forms", () => {
     const malformed = await post("multipart/form-data; boundary=xyz", "--xyz\r\nthis is not a header\r\n\r\ndata\r\n--xyz--\r\n");
     expect([malformed.status, malformed.body.errors[0].extensions.code]).toEqual([400, "BAD_MULTIPART"]);
     expect(await fs.readdir(uploadsDir())).toEqual(files);
+  });
+});
+
+describe("POST /uploads: when the file cannot be recorded", () => {
+  const rowCount = async () => (await db.pool.query("select count(*)::int as n from app_public.upload_files")).rows[0].n as number;
+
+  it("answers 401 when the session ends while the file arrives, and keeps neither file nor row", async () => {
+    const mover = await person(db);
+    const files = await fs.readdir(uploadsDir());
+    const rowsBefore = await rowCount();
+    const url = new URL(`${api.url}/uploads`);
+    const boundary = "----hourglass-expiry";
+    const head = `--${boundary}\r\ncontent-disposition: form-data; name="file"; filename="late.txt"\r\ncontent-type: text/plain\r\n\r\n`;
+    const tail = `\r\n--${boundary}--\r\n`;
+    const answer = new Promise<{ status: number; body: any }>((resolve, reject) => {
+      const req = http.request(
+        { host: url.hostname, port: url.port, path: url.pathname, method: "POST",
+          headers: { authorization: `Bearer ${mover.token}`, "content-type": `multipart/form-data; boundary=${boundary}` } },
+        (res) => {
+          const parts: Buffer[] = [];
+          res.on("data", (d: Buffer) => parts.push(d));
+          res.on("end", () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(parts).toString()) }));
+        },
+      );
+      req.on("error", reject);
+      req.write(head + "first half, ");
+      // Once the first half is on disk (the session was checked before), the session ends; then the rest.
+      void (async () => {
+        const deadline = Date.now() + 5000;
+        while ((await fs.readdir(uploadsDir())).length === files.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        await db.pool.query("update app_private.sessions set expires_at = now() - interval '1 second' where token_hash = sha256(convert_to($1, 'UTF8'))", [mover.token]);
+        req.end("second half" + tail);
+      })().catch(reject);
+    });
+    const r = await answer;
+    expect([r.status, r.body.errors?.[0]?.extensions?.code, r.body.errors?.[0]?.message]).toEqual([401, "UNAUTHENTICATED", "Sign in to upload."]);
+    expect(await fs.readdir(uploadsDir())).toEqual(files);
+    expect(await rowCount()).toBe(rowsBefore);
+  });
+
+  it("answers 503 UNAVAILABLE when no database connection is free in time, and keeps neither file nor row", async () => {
+    const small = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db, { DATA_DIR: dataDir, API_POOL_SIZE: "2" }),
+      log: testLog,
+      health: { workerRunning: () => null },
+      connectTimeoutMs: 500,
+    });
+    const ask = async () => {
+      const res = await fetch(`${small.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${owner.token}` },
+        body: JSON.stringify({ query: "{ currentUser { rowId } }" }),
+      });
+      return ((await res.json()) as any).data?.currentUser?.rowId as string | undefined;
+    };
+    const locker = await db.pool.connect();
+    try {
+      expect(await ask()).toBe(owner.id); // the session is remembered: the upload needs no lookup
+      const files = await fs.readdir(uploadsDir());
+      const rowsBefore = await rowCount();
+      await locker.query("begin");
+      await locker.query("lock table app_public.users in access exclusive mode");
+      // Two requests wait on the lock, holding both of the API's connections.
+      const held = [ask(), ask()];
+      const deadline = Date.now() + 5000;
+      while ((await apiBackendsWaitingOnLock(db)) < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(await apiBackendsWaitingOnLock(db)).toBe(2);
+      const form = new FormData();
+      form.append("file", new Blob(["kept nowhere"], { type: "text/plain" }), "busy.txt");
+      const res = await fetch(`${small.url}/uploads`, { method: "POST", body: form, headers: { authorization: `Bearer ${owner.token}` } });
+      const body = (await res.json()) as any;
+      expect([res.status, body.errors?.[0]?.extensions?.code]).toEqual([503, "UNAVAILABLE"]);
+      await locker.query("rollback");
+      expect(await Promise.all(held)).toEqual([owner.id, owner.id]);
+      expect(await fs.readdir(uploadsDir())).toEqual(files);
+      expect(await rowCount()).toBe(rowsBefore);
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await small.stop();
+    }
   });
 });
 
