@@ -144,6 +144,9 @@ export function withCredentials(connectionString: string, user: string, password
  * server backends (several milliseconds each). With `min` they then stay open.
  */
 export async function warmPool(pool: pg.Pool, n: number): Promise<void> {
-  const clients = await Promise.all(Array.from({ length: n }, () => pool.connect()));
-  for (const c of clients) c.release();
+  const opened = await Promise.allSettled(Array.from({ length: n }, () => pool.connect()));
+  // The ones that opened go back to the pool even when another failed.
+  for (const o of opened) if (o.status === "fulfilled") o.value.release();
+  const failed = opened.find((o) => o.status === "rejected");
+  if (failed) throw failed.reason;
 }

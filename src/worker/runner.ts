@@ -194,7 +194,6 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     throw err;
   }
 
-  await Promise.all([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
   let running = true;
   let stopAsked = false;
   let died!: () => void;
@@ -211,14 +210,6 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     died();
   };
   const finished = runner.promise.then(() => stoppedByItself(), (err: unknown) => stoppedByItself(err));
-  log.info("worker started", {
-    workerId,
-    tasks: selected.map((t) => t.identifier).join(","),
-    cron: parsedCronItems.length,
-    concurrency: w.concurrency,
-    localQueue: w.localQueueSize,
-    exactWake: w.exactWake,
-  });
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
@@ -261,6 +252,25 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       }
       log.info("worker stopped");
     })());
+
+  // The runner already runs and may hold fetched jobs: a start that fails from here on (its pool
+  // cannot open its connections: the server is full, or failing over) stops it as a shutdown
+  // would, so that its jobs are handed back, not left locked under a pool nobody recovers.
+  try {
+    await Promise.all([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
+  } catch (err) {
+    log.error("the worker could not finish starting; stopping it", { err });
+    await stop();
+    throw err;
+  }
+  log.info("worker started", {
+    workerId,
+    tasks: selected.map((t) => t.identifier).join(","),
+    cron: parsedCronItems.length,
+    concurrency: w.concurrency,
+    localQueue: w.localQueueSize,
+    exactWake: w.exactWake,
+  });
 
   return { workerId, runner, pool, history, wake, heartbeat, isRunning: () => running, died: diedPromise, stop };
 }

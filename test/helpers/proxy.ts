@@ -1,7 +1,9 @@
 // A TCP proxy to Postgres for tests of what the API does when the network misbehaves: it can stop
 // forwarding the connections that LISTEN on the job events channel, both ways, leaving them open (a
 // network cut as the API sees it: nothing arrives and nothing reports an error), and it can drop
-// every connection and refuse new ones (the database unreachable) until it accepts them again.
+// every connection and refuse new ones (the database unreachable) until it accepts them again, or
+// refuse only the connections of one application_name beyond a number open at once (a server with
+// no connection slots left, for one of a process's pools).
 import net from "node:net";
 
 export interface PgProxy {
@@ -10,6 +12,8 @@ export interface PgProxy {
   /** How many connections have sent a LISTEN on the job events channel so far. */
   listening(): number;
   cutListeners(): void;
+  /** From now on, a connection whose application_name is `name` is closed at once while `max` of them are open. */
+  limit(name: string, max: number): void;
   /** Closes every connection and refuses new ones. */
   refuse(): Promise<void>;
   /** Accepts connections again, on the same port. */
@@ -20,10 +24,22 @@ export interface PgProxy {
 export async function startPgProxy(target: URL): Promise<PgProxy> {
   const sockets = new Set<net.Socket>();
   const listeners: { client: net.Socket; upstream: net.Socket }[] = [];
+  const limits = new Map<string, { max: number; open: number }>();
   const server = net.createServer((client) => {
     const upstream = net.connect(Number(target.port || 5432), target.hostname);
     sockets.add(client).add(upstream);
+    let first = true;
     client.on("data", (d: Buffer) => {
+      if (first) {
+        first = false;
+        // The startup message names its parameters and values NUL-terminated.
+        for (const [name, limit] of limits) {
+          if (!d.includes(`application_name\0${name}\0`)) continue;
+          if (limit.open >= limit.max) return void client.destroy();
+          limit.open++;
+          client.once("close", () => limit.open--);
+        }
+      }
       if (d.includes('LISTEN "hourglass:job_events"')) listeners.push({ client, upstream });
     });
     client.pipe(upstream);
@@ -58,6 +74,9 @@ export async function startPgProxy(target: URL): Promise<PgProxy> {
         client.pause();
         upstream.pause();
       }
+    },
+    limit(name, max) {
+      limits.set(name, { max, open: 0 });
     },
     refuse: stop,
     accept: () => listen(port),

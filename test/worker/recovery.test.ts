@@ -8,6 +8,7 @@ import { defineTask, resolveTask, type ResolvedTask } from "../../src/worker/tas
 import { z } from "zod";
 import { createTestDb, testConfig, testLog, type TestDb } from "../helpers/db.ts";
 import { slowTask, spawnWorkerProcess } from "../helpers/worker-process.ts";
+import { startPgProxy } from "../helpers/proxy.ts";
 
 let db: TestDb;
 beforeAll(async () => {
@@ -221,6 +222,33 @@ describe("crash recovery", () => {
     expect(await recover()).toEqual(["pool-b"]);
     expect((await db.pool.query("select id from app_public.worker_processes")).rows).toEqual([{ id: "pool-a" }]);
     await db.pool.query("delete from app_public.worker_processes");
+  });
+
+  it("a start that fails once the runner has begun (no connection slots for its pool) stops it and leaves no job locked", async () => {
+    await db.pool.query(
+      `select count(*) from graphile_worker.add_jobs(array(
+         select row('t_slow', json_build_object('n', g), null, null, 5, null, null, null)::graphile_worker.job_spec from generate_series(70001, 70040) g))`,
+    );
+    const queued = "select count(*)::int as n from graphile_worker.jobs where task_identifier = 't_slow'";
+    const beats = "select count(*)::int as n from app_public.worker_processes";
+    const beatsBefore = await count(beats);
+    const proxy = await startPgProxy(new URL(db.ownerUrl));
+    try {
+      // Enough for graphile-worker's own start (its LISTEN and a fetch), not for a pool of 8.
+      proxy.limit("hourglass-worker", 3);
+      const start = startWorker({ ownerUrl: proxy.url(db.ownerUrl), config: testConfig(db, { WORKER_CONCURRENCY: "8" }), tasks: [slowTask], log: testLog, crontabFile: null });
+      await expect(start).rejects.toThrow();
+      const left = await count(queued);
+      // Stopped: nothing locked, no heartbeat left behind, and no job taken after the failure.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(await count("select count(*)::int as n from graphile_worker.jobs where locked_at is not null")).toBe(0);
+      expect(await count(beats)).toBe(beatsBefore);
+      expect(await count(queued)).toBe(left);
+      expect(left).toBeGreaterThan(0);
+    } finally {
+      await proxy.close();
+      await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs where task_identifier = 't_slow'))");
+    }
   });
 
   it("a restarted process that reuses the dead one's host:pid keeps its own running history", async () => {
