@@ -14,6 +14,7 @@
 // id; update only where still locked by this pool), so when one loses its connection it is run
 // again on a new one (retryOnConnectionLoss) instead; so is handing back unstarted jobs at
 // shutdown, which graphile-worker does not retry either.
+import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import os from "node:os";
 import { run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
@@ -80,7 +81,11 @@ export function selectTasks(all: readonly ResolvedTask[], only: readonly string[
 export async function startWorker(options: WorkerOptions): Promise<WorkerHandle> {
   const { config, log } = options;
   const w = config.worker;
-  const workerId = `${os.hostname()}:${process.pid}`;
+  // host:pid and a suffix of its own: a restarted container comes back with the same host name and
+  // pid, and crash recovery of its predecessor marks abandoned the runs under the predecessor's
+  // label only, so the suffix keeps the new process's runs out of it (even the ones it starts
+  // before its first heartbeat lands).
+  const workerId = `${os.hostname()}:${process.pid}:${randomBytes(3).toString("hex")}`;
   const selected = selectTasks(options.tasks, w.tasks);
   const parsedCronItems =
     options.crontabFile === null ? [] : await loadCrontab(options.tasks, options.crontabFile ?? undefined);

@@ -9,7 +9,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
-import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { loadConfig } from "../../src/config.ts";
@@ -464,7 +463,7 @@ export function spawnApi(db: BenchDb, password: string, env: Record<string, stri
 interface WorkerProcess {
   child: ChildProcess;
   poolId: string;
-  /** host:pid, as in job_runs.worker_id. */
+  /** host:pid:suffix, as in job_runs.worker_id. */
   label: string;
   exited: Promise<unknown>;
 }
@@ -490,8 +489,8 @@ function spawnWorker(db: BenchDb, password: string, env: Record<string, string>)
     let out = "";
     child.stdout!.on("data", (d) => {
       out += d;
-      const m = /READY (\S+)/.exec(out);
-      if (m) resolve({ child, poolId: m[1]!, label: `${os.hostname()}:${child.pid}`, exited });
+      const m = /READY (\S+) (\S+)/.exec(out);
+      if (m) resolve({ child, poolId: m[1]!, label: m[2]!, exited });
     });
     void exited.then((code) => reject(new Error(`worker process exited before it was ready (${code})`)));
   });

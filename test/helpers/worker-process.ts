@@ -1,7 +1,7 @@
 // A worker in a process of its own, for tests that SIGKILL it, run several side by side or cut
 // its database connections. Runs two tasks: t_slow waits SLOW_MS and then records its payload's n
 // in public.t_done; t_tick records the crontab tick it runs for (its cron ts) in public.t_ticks.
-// CRONTAB_FILE names a crontab to run (none by default). Prints "READY <pool id>" once started,
+// CRONTAB_FILE names a crontab to run (none by default). Prints "READY <pool id> <label>" once started,
 // and "CRON <tick ms>" each time its cron has scheduled a tick (every process schedules every
 // tick; graphile-worker keeps one job per tick). Like `npm start`, it exits (code 1) when its
 // runner stops with an error, so a test sees a dead worker as a dead process.
@@ -47,6 +47,8 @@ export const tickTask = resolveTask(
 export interface WorkerProcess {
   child: ChildProcess;
   poolId: string;
+  /** host:pid:suffix, as in job_runs.worker_id. */
+  label: string;
   /** Ticks (epoch ms) this process's cron scheduled, in order. */
   cronTicks: number[];
   /** Resolves with the exit code when the process ends. */
@@ -83,12 +85,13 @@ export function spawnWorkerProcess(db: TestDb, env: Record<string, string> = {})
       while ((nl = buffer.indexOf("\n")) >= 0) {
         const line = buffer.slice(0, nl).trim();
         buffer = buffer.slice(nl + 1);
-        const m = /^(READY|CRON) (\S+)$/.exec(line);
+        const m = /^(READY|CRON) (\S+)(?: (\S+))?$/.exec(line);
         if (m?.[1] === "CRON") cronTicks.push(Number(m[2]));
         if (m?.[1] === "READY" && !ready) {
           ready = {
             child,
             poolId: m[2]!,
+            label: m[3]!,
             cronTicks,
             exited,
             stop: () => {
@@ -121,7 +124,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     crontabFile: process.env.CRONTAB_FILE || null,
   });
   worker.runner.events.on("cron:scheduled", ({ timestamp }) => console.log(`CRON ${timestamp}`));
-  console.log(`READY ${worker.heartbeat.id}`);
+  console.log(`READY ${worker.heartbeat.id} ${worker.workerId}`);
   const exit = (code: number) => void worker.stop().finally(() => process.exit(code));
   void worker.died.then(() => exit(1));
   process.on("SIGTERM", () => exit(0));

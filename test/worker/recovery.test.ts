@@ -1,6 +1,7 @@
 // Crash recovery with real processes: a worker SIGKILLed in the middle of 200 jobs leaves them
 // locked (graphile-worker alone would wait four hours); a live worker notices the missing
 // heartbeats and releases them, and every job completes well within a minute of the kill.
+import os from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger, type Logger } from "../../src/log.ts";
 import { startWorker } from "../../src/worker/runner.ts";
@@ -248,6 +249,57 @@ describe("crash recovery", () => {
     } finally {
       await proxy.close();
       await db.pool.query("select graphile_worker.complete_jobs(array(select id from graphile_worker.jobs where task_identifier = 't_slow'))");
+    }
+  });
+
+  it("a process on a dead one's host and pid keeps the runs it started before its first heartbeat landed", async () => {
+    // A restarted container: same host name, same pid. Its predecessor was SIGKILLed an hour ago.
+    await db.pool.query(
+      `insert into app_public.worker_processes (id, host, pid, label, started_at, last_seen_at, beating_since)
+       values ('pool-predecessor', $1, $2::integer, $1 || ':' || $2::text, now() - interval '2 hours', now() - interval '1 hour', now() - interval '2 hours')`,
+      [os.hostname(), process.pid],
+    );
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    const long = resolveTask(
+      "t_long",
+      defineTask({
+        description: "runs for 3 s (test)",
+        payload: z.object({}),
+        async run(_payload, { signal }) {
+          started();
+          await new Promise((resolve, reject) => {
+            const t = setTimeout(resolve, 3000);
+            signal.addEventListener("abort", () => (clearTimeout(t), reject(new Error("aborted"))), { once: true });
+          });
+        },
+      }),
+    );
+    await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_long', 'test', 0, 1, 20000) on conflict do nothing");
+    const { rows } = await db.pool.query("select (graphile_worker.add_job('t_long', '{}')).id::text as id");
+    const jobId = rows[0].id as string;
+    // The first heartbeats wait (and time out) until the job has started.
+    const locker = await db.pool.connect();
+    await locker.query("begin");
+    await locker.query("lock table app_public.worker_processes in exclusive mode");
+    const worker = await inProcessWorker({ WORKER_DEAD_AFTER_MS: "1000", JOB_HISTORY_FLUSH_MS: "20" }, [long]);
+    try {
+      await running;
+      await locker.query("commit");
+      // Once it has beaten for WORKER_DEAD_AFTER_MS it recovers the predecessor, while the job still runs.
+      const outcome = () => db.pool.query("select outcome from app_public.job_runs where job_id = $1", [jobId]).then((r) => r.rows[0]?.outcome as string | undefined);
+      const deadline = Date.now() + 15_000;
+      while ((await count("select count(*)::int as n from app_public.worker_processes where id = 'pool-predecessor'")) > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(await count("select count(*)::int as n from app_public.worker_processes where id = 'pool-predecessor'")).toBe(0);
+      while ((await outcome()) === "running" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(await outcome()).toBe("succeeded");
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await worker.stop();
+      await db.pool.query("delete from app_public.worker_processes where id = 'pool-predecessor'");
     }
   });
 
