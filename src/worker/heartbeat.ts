@@ -98,18 +98,19 @@ export class Heartbeat {
   }
 
   /**
-   * Stops beating. After a clean stop (no job of this process still running) the heartbeat is
+   * Stops beating. After a clean stop (`keepBecause` null: no job of this process still running,
+   * and its history all written) the heartbeat is
    * removed, a clean stop not being a death, and any job the pool still holds locked is unlocked
    * (graphile-worker 0.18 can leave its local queue's jobs locked at shutdown); `unstarted` are
    * the ids it meant to hand back, which get back the attempt their fetch counted. Otherwise
-   * the heartbeat stays: it goes silent, and a live worker's recovery releases the jobs and
-   * marks their runs abandoned once it is judged dead.
+   * the heartbeat stays (the reason is logged): it goes silent, and a live worker's recovery
+   * releases the jobs and marks the runs still `running` abandoned once it is judged dead.
    */
-  async stop(clean: boolean, unstarted: readonly string[] = []): Promise<void> {
+  async stop(keepBecause: string | null, unstarted: readonly string[] = []): Promise<void> {
     this.silence();
     if (!this.#id) return;
-    if (!clean) {
-      this.#log.warn("stopped with jobs still running; leaving the heartbeat for crash recovery to judge");
+    if (keepBecause !== null) {
+      this.#log.warn(`${keepBecause}; leaving the heartbeat for crash recovery to judge`);
       return;
     }
     try {

@@ -3,7 +3,9 @@
 // records are buffered and written in batches: a run that starts and ends within one flush
 // interval is a single row in a multi-row insert; a longer run is written as `running` at the
 // next flush and completed by an upsert when it ends. close() writes everything before the pool
-// ends, so a clean shutdown loses nothing and leaves nothing `running`.
+// ends, so a clean shutdown loses nothing and leaves nothing `running`; when the database cannot
+// take it then, close() says so and the worker keeps its heartbeat, so that crash recovery marks
+// the runs left `running` abandoned.
 //
 // The pool given here should be its own, with synchronous_commit off: history commits then do not
 // wait for a WAL flush (a PostgreSQL crash can lose the last fraction of a second of history; the
@@ -340,13 +342,16 @@ export class HistoryWriter {
   }
 
   /** Final flush before the pool ends: retries a few times, then reports what was lost. */
-  async close(): Promise<void> {
+  /** Writes what is left (five tries, about 2 s); resolves false when some of it could not be written. */
+  async close(): Promise<boolean> {
     if (this.running.size > 0) this.abandonRunning("worker shut down while the job was running");
+    let written = true;
     for (let attempt = 1; ; attempt++) {
       await this.flush();
       if (this.pending.size === 0 && !this.inFlight) break;
       if (attempt >= 5) {
         this.options.log.error("job history records could not be written before shutdown", { lost: this.pending.size });
+        written = false;
         break;
       }
       await new Promise((r) => setTimeout(r, 200 * attempt));
@@ -354,6 +359,7 @@ export class HistoryWriter {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    return written;
   }
 
   private enqueue(record: RunRecord): void {

@@ -250,8 +250,13 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
         // graphile-worker's hand-back of its local queue may still be under way (it does not wait
         // for it, see app_private.forget_worker): let it land before looking at what stays locked.
         if (clean) await untilIdle(pool, 2000);
-        await heartbeat.stop(clean, [...handingBack]);
-        await history.close();
+        // History first: a run whose end cannot be written stays `running` in job_runs, and only
+        // crash recovery, which needs this heartbeat, would then mark it abandoned.
+        const written = await history.close();
+        await heartbeat.stop(
+          clean && written ? null : written ? "stopped with jobs still running" : "stopped with job history unwritten",
+          [...handingBack],
+        );
         closeServices();
         await Promise.all([pool.end(), historyPool.end(), heartbeatPool.end()]);
       }

@@ -303,6 +303,62 @@ describe("crash recovery", () => {
     }
   });
 
+  it("a stop whose history cannot be written keeps its heartbeat, so recovery ends the runs left running", async () => {
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => (started = resolve));
+    const second = resolveTask(
+      "t_second",
+      defineTask({
+        description: "runs for 1 s (test)",
+        payload: z.object({}),
+        async run() {
+          started();
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+        },
+      }),
+    );
+    await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_second', 'test', 0, 1, 20000) on conflict do nothing");
+    const proxy = await startPgProxy(new URL(db.ownerUrl));
+    const worker = await startWorker({
+      ownerUrl: proxy.url(db.ownerUrl),
+      config: testConfig(db, { WORKER_DEAD_AFTER_MS: "1000", JOB_HISTORY_FLUSH_MS: "20" }),
+      tasks: [second],
+      log: testLog,
+      crontabFile: null,
+    });
+    let stopped = false;
+    try {
+      const { rows } = await db.pool.query("select (graphile_worker.add_job('t_second', '{}')).id::text as id");
+      const jobId = rows[0].id as string;
+      await running;
+      const outcome = () => db.pool.query("select outcome from app_public.job_runs where job_id = $1", [jobId]).then((r) => r.rows[0]?.outcome as string | undefined);
+      const deadline = Date.now() + 5000;
+      while ((await outcome()) !== "running" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(await outcome()).toBe("running");
+      // From now on the history writer cannot reach the database (its connection ended, new ones refused).
+      proxy.limit("hourglass-history", 0);
+      await db.pool.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'hourglass-history' and datname = current_database()");
+      await worker.stop();
+      stopped = true;
+      // The job completed, but its run could not be recorded: the heartbeat stays for recovery.
+      expect(await count("select count(*)::int as n from graphile_worker.jobs where id = $1", [jobId])).toBe(0);
+      expect(await outcome()).toBe("running");
+      expect(await count("select count(*)::int as n from app_public.worker_processes where id = $1", [worker.heartbeat.id])).toBe(1);
+      // Silent past its WORKER_DEAD_AFTER_MS, it is judged by a live worker (beating for an hour).
+      await new Promise((r) => setTimeout(r, 1200));
+      await db.pool.query(
+        "insert into app_public.worker_processes (id, host, pid, label, started_at, last_seen_at, beating_since) values ('pool-judge-2', 'j', 3, 'j:3', now() - interval '1 hour', now(), now() - interval '1 hour')",
+      );
+      const { rows: judged } = await db.pool.query("select worker_id, abandoned from app_private.recover_dead_workers(interval '1 second', 'pool-judge-2')");
+      expect(judged).toEqual([{ worker_id: worker.heartbeat.id, abandoned: 1 }]);
+      expect(await outcome()).toBe("abandoned");
+    } finally {
+      if (!stopped) await worker.stop();
+      await proxy.close();
+      await db.pool.query("delete from app_public.worker_processes where id in ('pool-judge-2', $1)", [worker.heartbeat.id]);
+    }
+  });
+
   it("a restarted process that reuses the dead one's host:pid keeps its own running history", async () => {
     await db.pool.query(
       `insert into app_public.worker_processes (id, host, pid, label, started_at, last_seen_at, beating_since) values
