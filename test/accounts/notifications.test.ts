@@ -106,4 +106,17 @@ describe("notifications", () => {
     expect(mail.text).not.toContain("Emailed already");
     expect(mail.html).toContain("Offer &lt;from&gt; Initech");
   });
+  it("a title or body built past the table's limits is shortened with an ellipsis, in the app and the email alike", async () => {
+    const u = await createUser(db, { email: "long-names@example.com" });
+    // An offer's title is a company's name and a job's title, up to 200 characters each.
+    const title = `${"C".repeat(150)} offers you ${"J".repeat(150)}`;
+    const body = "b".repeat(6000);
+    const { rows } = await db.pool.query("select app_private.notify($1, 'offer.sent', $2, $3, '{}', 'test:long-names') as told", [u.id, title, body]);
+    expect(rows[0].told).toBe(true);
+    const expectedTitle = `${title.slice(0, 199)}…`;
+    const { rows: shown } = await db.pool.query("select title, body from app_public.notifications where key = 'test:long-names'");
+    expect(shown).toEqual([{ title: expectedTitle, body: `${body.slice(0, 4999)}…` }]);
+    const { rows: mail } = await db.pool.query("select data->>'title' as title, length(data->>'body') as body from app_private.email_deliveries where key = 'notification:test:long-names'");
+    expect(mail).toEqual([{ title: expectedTitle, body: 5000 }]);
+  });
 });

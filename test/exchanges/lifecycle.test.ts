@@ -121,6 +121,41 @@ describe("purge", () => {
     expect((await exchange(db, young)).purge_warning_sent_at).toBeInstanceOf(Date);
   });
 
+  it("an exchange with a 200-character name is warned (its title shortened), and the sweep goes on to the others", async () => {
+    await db.pool.query("delete from app_public.exchanges");
+    const long = await matchedExchange();
+    const other = await matchedExchange();
+    await db.pool.query("update app_public.exchanges set name = $2 where id = $1", [long, "N".repeat(200)]);
+    await completedDaysAgo(long, 25);
+    await completedDaysAgo(other, 31);
+    for (const id of [long, other]) await loseJobs(id);
+    const before = await warnings();
+    await db.pool.query("select app_private.add_job('exchanges__purge_due', '{}')");
+    await drainJobs(db, only("exchanges__purge_due"));
+    expect((await jobRuns(db, "exchanges__purge_due")).at(-1)).toMatchObject({ outcome: "succeeded", result: { warned: 2, purged: 1, remaining: 0 } });
+    expect(await warnings()).toBe(before + 2);
+    const { rows } = await db.pool.query("select title from app_public.notifications where data->>'exchangeId' = $1", [long]);
+    expect(rows).toEqual([{ title: `${"N".repeat(199)}…` }]);
+    expect(await exchange(db, other)).toBeUndefined();
+  });
+
+  it("an exchange reopened and completed again is warned again, in the app and by email", async () => {
+    const id = await matchedExchange();
+    await completedDaysAgo(id, 25);
+    expect((await db.pool.query("select app_private.send_exchange_purge_warning($1) as warned", [id])).rows[0].warned).toBe(true);
+    await db.pool.query("update app_public.exchanges set state = 'MATCHED' where id = $1", [id]);
+    await completedDaysAgo(id, 24);
+    expect((await db.pool.query("select app_private.send_exchange_purge_warning($1) as warned", [id])).rows[0].warned).toBe(true);
+    const { rows: shown } = await db.pool.query("select count(*)::int as n from app_public.notifications where data->>'exchangeId' = $1", [id]);
+    expect(shown[0].n).toBe(2);
+    const { rows: mails } = await db.pool.query(
+      "select count(*)::int as n from app_private.email_deliveries where template = 'notification' and key like $1",
+      [`notification:exchange:${id}:purge_warning%`],
+    );
+    expect(mails[0].n).toBe(2);
+    await loseJobs(id);
+  });
+
   it("the scheduled jobs do the same for one exchange: warning once at +23 days, purge at +30 days", async () => {
     const id = await matchedExchange();
     await completedDaysAgo(id, 31);
