@@ -10,5 +10,5 @@ export default defineTask({
   priority: PRIORITY.userFacing,
   maxAttempts: 10,
   timeLimitMs: 30_000,
-  run: ({ id }, { query }) => completeExchange(query, id),
+  run: ({ id }, { query, job }) => completeExchange(query, job, id),
 });

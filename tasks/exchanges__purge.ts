@@ -10,5 +10,5 @@ export default defineTask({
   priority: PRIORITY.maintenance,
   maxAttempts: 10,
   timeLimitMs: 60_000,
-  run: ({ id }, { query }) => purgeExchange(query, id),
+  run: ({ id }, { query, job }) => purgeExchange(query, job, id),
 });

@@ -10,5 +10,5 @@ export default defineTask({
   priority: PRIORITY.userFacing,
   maxAttempts: 10,
   timeLimitMs: 30_000,
-  run: ({ id }, { query }) => sendPurgeWarning(query, id),
+  run: ({ id }, { query, job }) => sendPurgeWarning(query, job, id),
 });

@@ -2,7 +2,7 @@
 // applies; the rules (eligibility, idempotency keys, who is told) live in the SQL functions they
 // call, so a DBA calling those by hand gets the same behaviour.
 import type { Job, JobHelpers } from "graphile-worker";
-import { skipped, type Skipped } from "../worker/task.ts";
+import { notYetDue, skipped, type Skipped } from "../worker/task.ts";
 import { assign } from "./match.ts";
 
 type Query = JobHelpers["query"];
@@ -36,11 +36,11 @@ export async function matchExchange(query: Query, id: number, random?: () => num
 }
 
 export async function sendReminders(query: Query, job: Job, id: number, days: number): Promise<{ queued: number } | Skipped> {
-  const { rows } = await query<{ state: string; still: boolean; due_at: Date; late_ms: number }>(
-    `select e.state, $2 = any (e.reminder_days) as still,
-            app_public.exchange_reminder_at(e.exchange_date, e.timezone, $2) as due_at,
+  // On the database's clock, as the job's run_at is.
+  const { rows } = await query<{ state: string; still: boolean; due_at: Date; early: boolean; late_ms: number }>(
+    `select e.state, $2 = any (e.reminder_days) as still, r.at as due_at, r.at > now() + interval '60 seconds' as early,
             extract(epoch from now() - $3::timestamptz) * 1000 as late_ms
-     from app_public.exchanges e where e.id = $1`,
+     from app_public.exchanges e, app_public.exchange_reminder_at(e.exchange_date, e.timezone, $2) r (at) where e.id = $1`,
     [id, days, job.run_at],
   );
   const e = rows[0];
@@ -50,28 +50,47 @@ export async function sendReminders(query: Query, job: Job, id: number, days: nu
   if (e.late_ms > REMINDER_GRACE_MS) {
     return skipped(`picked up ${Math.round(e.late_ms / 60_000)} minutes after its time (grace: 60): not sent`);
   }
-  if (e.due_at.getTime() > Date.now() + 60_000) return skipped(`the ${days}-day reminder is now due at ${e.due_at.toISOString()}`);
+  if (e.early) return notYetDue(query, job, e.due_at, `the ${days}-day reminder of exchange ${id}`);
   const { rows: q } = await query<{ queued: number }>("select app_private.queue_exchange_reminders($1, $2) as queued", [id, days]);
   return { queued: q[0]!.queued };
 }
 
-export async function completeExchange(query: Query, id: number) {
+export async function completeExchange(query: Query, job: Job, id: number) {
   const { rows } = await query<{ completed_at: Date }>(
     `update app_public.exchanges set state = 'COMPLETED'
      where id = $1 and state = 'MATCHED' and exchange_date <= now() returning completed_at`,
     [id],
   );
   if (rows[0]) return { completedAt: rows[0].completed_at.toISOString() };
-  const { rows: now } = await query<{ state: string }>("select state from app_public.exchanges where id = $1", [id]);
-  return skipped(now[0] ? `exchange ${id} is ${now[0].state}, or its date has not come` : `exchange ${id} no longer exists`);
+  const { rows: now } = await query<{ state: string; exchange_date: Date }>("select state, exchange_date from app_public.exchanges where id = $1", [id]);
+  if (!now[0]) return skipped(`exchange ${id} no longer exists`);
+  if (now[0].state !== "MATCHED") return skipped(`exchange ${id} is ${now[0].state}`);
+  return notYetDue(query, job, now[0].exchange_date, `the completion of exchange ${id}`);
 }
 
-export async function sendPurgeWarning(query: Query, id: number) {
+/** When a completed exchange's purge warning (23 days) or purge (30 days) that has not happened is due; null when none is coming. */
+async function purgeStepDue(query: Query, id: number, step: "warning" | "purge"): Promise<Date | null> {
+  const { rows } = await query<{ due: Date | null }>(
+    `select d.due from app_public.exchanges e,
+       lateral (select e.completed_at + case $2 when 'warning' then interval '23 days' else interval '30 days' end as due) d
+     where e.id = $1 and e.state = 'COMPLETED' and ($2 = 'purge' or e.purge_warning_sent_at is null) and d.due > now()`,
+    [id, step],
+  );
+  return rows[0]?.due ?? null;
+}
+
+export async function sendPurgeWarning(query: Query, job: Job, id: number) {
   const { rows } = await query<{ warned: boolean }>("select app_private.send_exchange_purge_warning($1) as warned", [id]);
-  return rows[0]!.warned ? { warned: true } : skipped(`exchange ${id}: no warning due (already sent, reopened or gone)`);
+  if (rows[0]!.warned) return { warned: true };
+  const due = await purgeStepDue(query, id, "warning");
+  if (due) return notYetDue(query, job, due, `the purge warning of exchange ${id}`);
+  return skipped(`exchange ${id}: no warning due (already sent, reopened or gone)`);
 }
 
-export async function purgeExchange(query: Query, id: number) {
+export async function purgeExchange(query: Query, job: Job, id: number) {
   const { rows } = await query<{ purged: boolean }>("select app_private.purge_exchange($1) as purged", [id]);
-  return rows[0]!.purged ? { purged: true } : skipped(`exchange ${id} is not eligible for purging (reopened, younger or gone)`);
+  if (rows[0]!.purged) return { purged: true };
+  const due = await purgeStepDue(query, id, "purge");
+  if (due) return notYetDue(query, job, due, `the purge of exchange ${id}`);
+  return skipped(`exchange ${id} is not eligible for purging (reopened, younger or gone)`);
 }

@@ -1,10 +1,10 @@
 // Expiring one offer: the job scheduled for its expires_at re-reads it and acts only if the offer
 // is still SENT and due. The UPDATE fires the offers triggers, which enqueue the worker's
 // "expired" notification in the same transaction.
-import type { JobHelpers } from "graphile-worker";
-import { skipped, type Skipped } from "../worker/task.ts";
+import type { Job, JobHelpers } from "graphile-worker";
+import { notYetDue, skipped, type Skipped } from "../worker/task.ts";
 
-export async function expireOffer(query: JobHelpers["query"], id: number): Promise<{ expiredAt: string } | Skipped> {
+export async function expireOffer(query: JobHelpers["query"], job: Job, id: number): Promise<{ expiredAt: string } | Skipped> {
   const { rows } = await query<{ expired_at: Date }>(
     `update app_public.offers set status = 'EXPIRED'
      where id = $1 and status = 'SENT' and expires_at <= now()
@@ -18,5 +18,6 @@ export async function expireOffer(query: JobHelpers["query"], id: number): Promi
   );
   if (!now[0]) return skipped(`offer ${id} no longer exists`);
   if (now[0].status !== "SENT") return skipped(`offer ${id} is ${now[0].status}`);
-  return skipped(`offer ${id} is not due until ${now[0].expires_at?.toISOString()}`);
+  if (now[0].expires_at === null) return skipped(`offer ${id} has no expiry`);
+  return notYetDue(query, job, now[0].expires_at, `offer ${id}`);
 }

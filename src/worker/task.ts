@@ -64,6 +64,20 @@ export function isSkipped(value: unknown): value is Skipped {
   return typeof value === "object" && value !== null && SKIPPED in value;
 }
 
+/**
+ * For a job that runs before the time its record sets (an admin's retryJob or rescheduleJob on a
+ * job that was only scheduled): puts it back, with its own key and payload, at `dueAt`, and returns
+ * the skip that records it. A job without a key (added by hand) is not put back; the sweeps remain
+ * its safety net.
+ */
+export async function notYetDue(query: JobHelpers["query"], job: Job, dueAt: Date, what: string): Promise<Skipped> {
+  if (job.key === null) return skipped(`${what} is not due until ${dueAt.toISOString()}`);
+  await query("select app_private.schedule_jobs($1, array[$2::json], array[$3::timestamptz], array[$4::text])", [
+    job.task_identifier, JSON.stringify(job.payload), dueAt.toISOString(), job.key,
+  ]);
+  return skipped(`${what} is not due until ${dueAt.toISOString()}: put back until then`);
+}
+
 /** What a task may return: recorded in job_runs.result. */
 export type TaskResult = Record<string, unknown> | Skipped | void;
 

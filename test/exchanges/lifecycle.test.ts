@@ -186,3 +186,25 @@ describe("purge", () => {
     expect((await exchange(db, young)).state).toBe("COMPLETED");
   });
 });
+
+describe("jobs run before their time (an admin's retryJob or rescheduleJob)", () => {
+  it("completion, purge warning and purge jobs run before their time go back to it, and do nothing", async () => {
+    const id = await matchedExchange();
+    await db.pool.query("update app_public.exchanges set exchange_date = now() + interval '2 days' where id = $1", [id]);
+    const early = async (purpose: string, task: string) => {
+      const before = (await exchangeJobs(db, id))[purpose]!.runAt;
+      await db.pool.query("select graphile_worker.reschedule_jobs(array(select id from graphile_worker.jobs where key = $1), run_at := now())", [
+        `exchanges:${id}:${purpose}`,
+      ]);
+      await drainJobs(db, only(task));
+      expect((await jobRuns(db, task)).at(-1)).toMatchObject({ outcome: "skipped", result: { skipped: expect.stringContaining("put back") } });
+      expect((await exchangeJobs(db, id))[purpose]!.runAt).toEqual(before);
+    };
+    await early("complete", "exchanges__complete");
+    expect((await exchange(db, id)).state).toBe("MATCHED");
+    await completedDaysAgo(id, 1);
+    await early("purge_warning", "exchanges__send_purge_warning");
+    await early("purge", "exchanges__purge");
+    expect(await exchange(db, id)).toMatchObject({ state: "COMPLETED", purge_warning_sent_at: null });
+  });
+});

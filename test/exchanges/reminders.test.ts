@@ -121,6 +121,24 @@ describe("sending reminders", () => {
     expect((await jobRuns(db, "exchanges__send_reminders")).map((r) => r.result)).toEqual([{ queued: 1 }, { queued: 0 }]);
   });
 
+  it("a reminder run before its time (an admin's rescheduleJob to now) sends nothing and goes back to its time", async () => {
+    const organiser = await person(db);
+    const id = await createExchange(db, organiser, { date: new Date(Date.now() + 10 * 86_400_000).toISOString(), reminderDays: [3] });
+    await withParticipants(db, organiser, id, [await person(db), await person(db)]);
+    await matched(id);
+    const dueAt = (await exchangeJobs(db, id))["reminder:3"]!.runAt;
+    const sent = smtp.received.length;
+    await db.pool.query("select graphile_worker.reschedule_jobs(array(select id from graphile_worker.jobs where key = $1), run_at := now())", [
+      `exchanges:${id}:reminder:3`,
+    ]);
+    await drainJobs(db, only("exchanges__send_reminders", "send_email"), testConfig(db, { SMTP_URL: smtp.url }));
+    const run = (await jobRuns(db, "exchanges__send_reminders")).at(-1)!;
+    expect(run.outcome).toBe("skipped");
+    expect(run.result).toMatchObject({ skipped: expect.stringContaining("put back") });
+    expect(smtp.received).toHaveLength(sent);
+    expect((await exchangeJobs(db, id))["reminder:3"]!.runAt).toEqual(dueAt);
+  });
+
   it("a reminder picked up more than an hour after its time is skipped, and the history says so", async () => {
     const organiser = await person(db);
     const id = await createExchange(db, organiser, { date: new Date(Date.now() + 10 * 86_400_000).toISOString(), reminderDays: [3] });

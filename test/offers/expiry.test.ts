@@ -135,6 +135,21 @@ describe("offer expiry", () => {
   });
 });
 
+describe("an expiry job run before its time", () => {
+  it("(an admin's rescheduleJob to now) expires nothing and goes back to expires_at under its key", async () => {
+    const id = await sentOffer(db, company, await createWorker(db));
+    const { expires_at } = await offer(db, id);
+    await db.pool.query("select graphile_worker.reschedule_jobs(array(select id from graphile_worker.jobs where key = $1), run_at := now())", [`offers:${id}:expire`]);
+    await drainJobs(db, only("offers__expire"));
+    const run = (await jobRuns(db, "offers__expire")).at(-1)!;
+    expect(run.outcome).toBe("skipped");
+    expect(run.result).toMatchObject({ skipped: expect.stringContaining("put back") });
+    expect((await offer(db, id)).status).toBe("SENT");
+    const jobs = await expiryJobs(db, id);
+    expect(jobs.map((j) => j.run_at)).toEqual([expires_at]);
+  });
+});
+
 describe("offers__expire_overdue (the hourly safety net)", () => {
   it("expires an overdue SENT offer that has no job, and leaves everything else alone", async () => {
     const c = await createCompany(db);
