@@ -8,6 +8,7 @@ import type { Request, Response } from "express";
 import type pg from "pg";
 import { collectDefaultMetrics, Registry } from "prom-client";
 import type { Logger } from "../log.ts";
+import { queryWithTimeout } from "../db/pool.ts";
 import { DURATION_BUCKETS_MS, LATENESS_BUCKETS_MS } from "../metrics/buckets.ts";
 
 interface Snapshot {
@@ -73,7 +74,7 @@ export function renderSnapshot(s: Snapshot, registry: Registry): void {
   for (const m of metrics) registry.registerMetric(m as never);
 }
 
-export function metricsHandler(pool: pg.Pool, o: { token: string | null; log: Logger }) {
+export function metricsHandler(pool: pg.Pool, o: { token: string | null; timeoutMs: number; log: Logger }) {
   // The process's own metrics (CPU, memory, event loop lag, GC) live as long as the process.
   const processRegistry = new Registry();
   collectDefaultMetrics({ register: processRegistry });
@@ -87,7 +88,8 @@ export function metricsHandler(pool: pg.Pool, o: { token: string | null; log: Lo
       }
     }
     try {
-      const { rows } = await pool.query<{ s: Snapshot }>("select app_hidden.metrics_snapshot() as s");
+      // Under the API's statement timeout: a scrape stuck behind a lock must not hold a connection.
+      const rows = await queryWithTimeout<{ s: Snapshot }>(pool, "select app_hidden.metrics_snapshot() as s", o.timeoutMs);
       // A registry per scrape: concurrent scrapes never see each other's snapshot.
       const registry = new Registry();
       renderSnapshot(rows[0]!.s, registry);

@@ -10,7 +10,7 @@ import { grafserv } from "postgraphile/grafserv/express/v4";
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
-import { createPool, withTransactionClient } from "../db/pool.ts";
+import { createPool, queryWithTimeout } from "../db/pool.ts";
 import { coalesceTransactionStart } from "./transaction-start.ts";
 import { authenticate } from "./auth.ts";
 import { SessionCache } from "./sessions.ts";
@@ -75,13 +75,8 @@ interface JobFacts {
  */
 function jobFactsReader(pool: pg.Pool): () => Promise<JobFacts | null> {
   const read = () =>
-    withTransactionClient(pool, async (client): Promise<JobFacts> => {
-      // One round trip: the four statements as one simple-protocol message (a failure stops it
-      // inside the transaction, which the helper rolls back).
-      const results = (await client.query(
-        "begin; set local statement_timeout = 2000; select * from app_hidden.job_health(); commit",
-      )) as unknown as pg.QueryResult[];
-      const r = results[2]!.rows[0];
+    queryWithTimeout<Record<string, any>>(pool, "select * from app_hidden.job_health()", 2000).then((rows): JobFacts => {
+      const r = rows[0]!;
       return {
         queued: r.queued,
         scheduled: r.scheduled,
@@ -166,7 +161,7 @@ export async function startApi({ authUrl, config, log, health, tasks, eventLimit
   });
   // The operations dashboard (a static app on the GraphQL API) and the sign-in links' landing page.
   app.use(dashboardRoutes({ log: apiLog }));
-  app.get("/metrics", metricsHandler(pool, { token: config.metricsToken, log: apiLog }));
+  app.get("/metrics", metricsHandler(pool, { token: config.metricsToken, timeoutMs: config.statementTimeoutMs, log: apiLog }));
   app.use("/graphql", authenticate(sessions, apiLog));
   app.post("/uploads", authenticate(sessions, apiLog), uploadHandler(pool, config, apiLog));
 

@@ -26,7 +26,7 @@ function fail(res: Response, status: number, code: string, message: string) {
   res.status(status).json({ errors: [{ message, extensions: { code } }] });
 }
 
-export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "roles">, log: Logger) {
+export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "roles" | "statementTimeoutMs">, log: Logger) {
   return async (req: Request, res: Response) => {
     const sessionId = sessionOf(req)?.session;
     if (!sessionId) return fail(res, 401, "UNAUTHENTICATED", "Sign in to upload.");
@@ -91,7 +91,10 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
       if (!upload) return fail(res, 400, "NO_FILE", "No field named file in the form.");
       const row = await withTransactionClient(pool, async (client) => {
         await client.query("begin");
-        await client.query("select set_config('role', $1, true), set_config('hourglass.session_id', $2, true)", [config.roles.visitor, sessionId]);
+        await client.query(
+          "select set_config('role', $1, true), set_config('hourglass.session_id', $2, true), set_config('statement_timeout', $3, true)",
+          [config.roles.visitor, sessionId, String(config.statementTimeoutMs)],
+        );
         const { rows } = await client.query(
           `select id::text as "rowId", name, size::int, content_type as "contentType", expires_at as "expiresAt"
            from app_hidden.record_upload($1, $2, $3, $4, $5::interval)`,

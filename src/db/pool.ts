@@ -79,6 +79,19 @@ export async function withTransactionClient<T>(pool: pg.Pool, fn: (client: pg.Po
   }
 }
 
+/**
+ * One statement without parameters under a statement_timeout of its own, in one round trip (the
+ * transaction's statements go as one simple-protocol message; a failure stops it inside the
+ * transaction, which withTransactionClient rolls back): the rows it returned.
+ */
+export function queryWithTimeout<R extends Record<string, unknown>>(pool: pg.Pool, sql: string, timeoutMs: number): Promise<R[]> {
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new RangeError(`not a statement timeout: ${timeoutMs}`);
+  return withTransactionClient(pool, async (client) => {
+    const results = (await client.query(`begin; set local statement_timeout = ${timeoutMs}; ${sql}; commit`)) as unknown as pg.QueryResult<R>[];
+    return results[2]!.rows;
+  });
+}
+
 type AnyQuery = (...args: unknown[]) => unknown;
 const ORIGINAL_QUERY = Symbol("original query");
 type RetryingClient = pg.PoolClient & { [ORIGINAL_QUERY]: AnyQuery };

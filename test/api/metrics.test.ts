@@ -191,6 +191,23 @@ describe("/metrics", () => {
     }
   });
 
+  it("answers 503 within the statement timeout when the database holds the scrape, and frees its connection", async () => {
+    const quick = await startApi({ authUrl: db.authUrl, config: testConfig(db, { STATEMENT_TIMEOUT_MS: "300" }), log: testLog, health: { workerRunning: () => null } });
+    const locker = await db.pool.connect();
+    try {
+      await locker.query("begin");
+      await locker.query("lock table app_private.metric_counters in access exclusive mode");
+      const res = await fetch(`${quick.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
+      expect(res.status).toBe(503);
+      await locker.query("rollback");
+      expect((await fetch(`${quick.url}/metrics`)).status).toBe(200);
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await quick.stop();
+    }
+  });
+
   it("asks for the token when METRICS_TOKEN is set", async () => {
     const guarded = await startApi({ authUrl: db.authUrl, config: testConfig(db, { METRICS_TOKEN: "s3cret-metrics" }), log: testLog, health: { workerRunning: () => null } });
     try {

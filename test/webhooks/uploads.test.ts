@@ -145,6 +145,7 @@ describe("POST /uploads: limits and bad forms", () => {
 });
 
 describe("POST /uploads: when the file cannot be recorded", () => {
+  beforeAll(() => fs.mkdir(uploadsDir(), { recursive: true }));
   const rowCount = async () => (await db.pool.query("select count(*)::int as n from app_public.upload_files")).rows[0].n as number;
 
   it("answers 401 when the session ends while the file arrives, and keeps neither file nor row", async () => {
@@ -179,6 +180,39 @@ describe("POST /uploads: when the file cannot be recorded", () => {
     expect([r.status, r.body.errors?.[0]?.extensions?.code, r.body.errors?.[0]?.message]).toEqual([401, "UNAUTHENTICATED", "Sign in to upload."]);
     expect(await fs.readdir(uploadsDir())).toEqual(files);
     expect(await rowCount()).toBe(rowsBefore);
+  });
+
+  it("answers 503 STATEMENT_TIMEOUT when recording waits on a lock past the statement timeout, and keeps neither file nor row", async () => {
+    const quick = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db, { DATA_DIR: dataDir, STATEMENT_TIMEOUT_MS: "300" }),
+      log: testLog,
+      health: { workerRunning: () => null },
+    });
+    const files = await fs.readdir(uploadsDir());
+    const rowsBefore = await rowCount();
+    const locker = await db.pool.connect();
+    try {
+      await locker.query("begin");
+      await locker.query("lock table app_public.upload_files in access exclusive mode");
+      const form = new FormData();
+      form.append("file", new Blob(["waits"], { type: "text/plain" }), "locked.txt");
+      const res = await fetch(`${quick.url}/uploads`, {
+        method: "POST",
+        body: form,
+        headers: { authorization: `Bearer ${owner.token}` },
+        signal: AbortSignal.timeout(10_000),
+      });
+      const body = (await res.json()) as any;
+      expect([res.status, body.errors?.[0]?.extensions?.code]).toEqual([503, "STATEMENT_TIMEOUT"]);
+      await locker.query("rollback");
+      expect(await fs.readdir(uploadsDir())).toEqual(files);
+      expect(await rowCount()).toBe(rowsBefore);
+    } finally {
+      await locker.query("rollback").catch(() => {});
+      locker.release();
+      await quick.stop();
+    }
   });
 
   it("answers 503 UNAVAILABLE when no database connection is free in time, and keeps neither file nor row", async () => {
