@@ -273,6 +273,10 @@ class JobEventHub {
   /** The probe sent last and not yet back, if any, and when its NOTIFY committed. */
   #awaiting: { payload: string; sentAt: number | null } | null = null;
   #probes = 0;
+  /** When the current listening began: a LISTEN not in place a probe interval later is taken for dead. */
+  #listeningSince = 0;
+  /** Gives the LISTEN connection back to the pool once no one has subscribed for a while. */
+  #idleTimer: NodeJS.Timeout | null = null;
 
   constructor(source: GrafastSubscriber, probe: ProbeOptions) {
     this.#source = source;
@@ -282,6 +286,8 @@ class JobEventHub {
   /** Adds a sink, listening first if no one is; throws if the listening fails. */
   async add(sink: Sink): Promise<void> {
     this.#sinks.add(sink);
+    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#idleTimer = null;
     try {
       while (!this.#inner) await (this.#starting ??= this.#start());
     } catch (err) {
@@ -296,6 +302,16 @@ class JobEventHub {
     const inner = this.#inner;
     this.#stopListening(); // ended on purpose: its pump stops without failing anyone
     void inner.return?.(undefined)?.catch(() => {});
+    // PgSubscriber UNLISTENs but keeps its connection out of the pool for good, where nothing
+    // would notice it die while idle. Once no one has subscribed for the idle time, it goes back.
+    // (A subscription that starts in the instant between the check and the release gets EVINT.)
+    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = null;
+      if (this.#sinks.size > 0 || this.#inner || this.#starting) return;
+      (this.#source as { resetClient?: () => void }).resetClient?.();
+    }, this.#probe.idleReleaseMs);
+    this.#idleTimer.unref();
   }
 
   async #start(): Promise<void> {
@@ -303,6 +319,7 @@ class JobEventHub {
       const inner = (await this.#source.subscribe(JOB_EVENTS_CHANNEL)) as AsyncIterator<unknown>;
       this.#inner = inner;
       this.#awaiting = null;
+      this.#listeningSince = Date.now();
       this.#probeTimer = setInterval(this.#sendProbe, this.#probe.everyMs);
       this.#probeTimer.unref();
       void this.#pump(inner);
@@ -342,9 +359,14 @@ class JobEventHub {
       return;
     }
     // PgSubscriber's subscribe returns before its LISTEN has run (it may wait for a connection):
-    // a probe published before then would never come back.
+    // a probe published before then would never come back. A LISTEN still not in place after a
+    // whole interval went into a connection that no longer answers (one cut while it sat idle).
     const topics = (this.#source as { subscribedTopics?: Set<string> }).subscribedTopics;
-    if (topics && !topics.has(JOB_EVENTS_CHANNEL)) return;
+    if (topics && !topics.has(JOB_EVENTS_CHANNEL)) {
+      const waited = Date.now() - this.#listeningSince;
+      if (waited > this.#probe.everyMs) this.#takeForDead(inner, waited);
+      return;
+    }
     const probe = { payload: JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` }), sentAt: null as number | null };
     this.#awaiting = probe;
     this.#probe.send(probe.payload).then(
@@ -358,9 +380,9 @@ class JobEventHub {
     );
   };
 
-  /** Its probe did not come back: every subscription ends (EVINT), and the connection goes. */
+  /** Its probe (or its LISTEN) did not come back: every subscription ends (EVINT), and the connection goes. */
   #takeForDead(inner: AsyncIterator<unknown>, waitedMs: number): void {
-    this.#probe.log.warn("the job events LISTEN connection did not deliver its probe; taking it for dead", {
+    this.#probe.log.warn("the job events LISTEN connection did not answer; taking it for dead", {
       waitedMs,
       endingSubscriptions: this.#sinks.size,
     });
@@ -403,11 +425,16 @@ interface ProbeOptions {
   /** Publishes a notification on the events channel, through a connection of its own. */
   send(payload: string): Promise<void>;
   everyMs: number;
+  /** How long the LISTEN connection is kept after the last subscription ends. */
+  idleReleaseMs: number;
   log: Logger;
 }
 
 /** How often a listening hub publishes its probe (and how long it waits for it). */
 export const PROBE_MS = 15_000;
+
+/** How long a hub keeps its LISTEN connection after its last subscription ends (a page reload resubscribes). */
+export const IDLE_RELEASE_MS = 10_000;
 
 /**
  * Events a subscription may have waiting for its client before it is ended (EVLAG). One statement
@@ -423,6 +450,8 @@ export interface EventLimits {
   maxPending?: number;
   /** PROBE_MS unless given (tests). */
   probeMs?: number;
+  /** IDLE_RELEASE_MS unless given (tests). */
+  idleReleaseMs?: number;
 }
 
 const lagging = (limit: number) =>
@@ -586,7 +615,12 @@ export function JobEventsPlugin(options: {
   notify: (payload: string) => Promise<void>;
   limits?: EventLimits;
 }): GraphileConfig.Plugin {
-  const probe: ProbeOptions = { send: options.notify, everyMs: options.limits?.probeMs ?? PROBE_MS, log: options.log };
+  const probe: ProbeOptions = {
+    send: options.notify,
+    everyMs: options.limits?.probeMs ?? PROBE_MS,
+    idleReleaseMs: options.limits?.idleReleaseMs ?? IDLE_RELEASE_MS,
+    log: options.log,
+  };
   return extendSchema(() => ({
     typeDefs: gql`
       """

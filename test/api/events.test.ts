@@ -499,6 +499,69 @@ describe("jobEvents", () => {
     }
   });
 
+  it("gives its LISTEN connection back to the pool once no one has subscribed for the idle time, and listens again on demand", async () => {
+    const idle = await startApi({
+      authUrl: db.authUrl,
+      config: testConfig(db),
+      log: testLog,
+      health: { workerRunning: () => null },
+      eventLimits: { recheckMs: 200, probeMs: 1000, idleReleaseMs: 500 },
+    });
+    const ownClients = clients.length;
+    const checkedOut = () => idle.pool.totalCount - idle.pool.idleCount;
+    try {
+      const sub = await subscribe(admin.token, { keyPrefix: "idle:" }, idle);
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'idle:during')");
+      await sub.next((e) => e.jobKey === "idle:during");
+      expect(checkedOut()).toBe(1); // the LISTEN connection
+      sub.stop();
+      await waitFor(async () => checkedOut() === 0, 5000);
+      const again = await subscribe(admin.token, { keyPrefix: "idle:" }, idle);
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'idle:after')");
+      expect(await again.next((e) => e.jobKey === "idle:after")).toMatchObject({ kind: "enqueued" });
+      again.stop();
+    } finally {
+      await Promise.all(clients.splice(ownClients).map((c) => c.dispose()));
+      await idle.stop();
+      await db.pool.query("select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'idle:%'");
+    }
+  });
+
+  it("takes a kept LISTEN connection that was cut while idle for dead when its next LISTEN never answers", async () => {
+    const proxy = await startPgProxy(new URL(db.authUrl));
+    const cut = await startApi({
+      authUrl: proxy.url(db.authUrl),
+      config: testConfig(db),
+      log: testLog,
+      health: { workerRunning: () => null },
+      eventLimits: { recheckMs: 200, probeMs: 1000, idleReleaseMs: 60_000 },
+    });
+    const ownClients = clients.length;
+    try {
+      const first = await subscribe(admin.token, { keyPrefix: "idlecut:" }, cut);
+      await waitFor(async () => proxy.listening() === 1);
+      first.stop();
+      await waitFor(async () => (await listenerRows()).length === 0);
+      // The connection is kept (within the idle time) and the network drops it, silently.
+      proxy.cutListeners();
+      const second = await subscribe(admin.token, { keyPrefix: "idlecut:" }, cut);
+      const cutAt = Date.now();
+      await second.ended;
+      expect(second.errors.map((e) => e.extensions?.code)).toEqual(["EVINT"]);
+      expect(Date.now() - cutAt).toBeLessThan(8000);
+      const third = await subscribe(admin.token, { keyPrefix: "idlecut:" }, cut);
+      await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'idlecut:after')");
+      // Delivered: the cut connection, which can deliver nothing, is no longer the one listening.
+      expect(await third.next((e) => e.jobKey === "idlecut:after")).toMatchObject({ kind: "enqueued" });
+      third.stop();
+    } finally {
+      await Promise.all(clients.splice(ownClients).map((c) => c.dispose()));
+      await cut.stop();
+      await proxy.close();
+      await db.pool.query("select graphile_worker.remove_job('idlecut:after')");
+    }
+  });
+
   it("does not take a LISTEN connection for dead while its probe waits for a connection of a busy pool", async () => {
     // A pool of 2: one connection listens, the other is held by a request waiting on a DBA's lock.
     const busy = await startApi({
