@@ -4,7 +4,7 @@
 // outcome goes to app_private.record_webhook_attempt, which decides what happens next.
 import http from "node:http";
 import https from "node:https";
-import { addressPolicy, blockedReason, guardedLookup, literalAddress, type AddressPolicy } from "./ssrf.ts";
+import { addressPolicy, blockedReason, guardedLookup, literalAddress, type AddressPolicy, type BlockedAddressError } from "./ssrf.ts";
 import { signedHeaders } from "./sign.ts";
 
 export const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -24,6 +24,8 @@ export interface AttemptOutcome {
   retryAfterSeconds: number | null;
   /** How much of the response body was read (at most MAX_RESPONSE_BYTES). */
   bytesRead: number;
+  /** For a name that resolved only to blocked addresses: which, and why (kept out of `error`, which owners read). */
+  blockedDetail?: string;
 }
 
 export interface Deliverer {
@@ -101,7 +103,8 @@ export function createDeliverer(options: { allowedNetworks: readonly string[]; t
       );
       req.on("error", (err: NodeJS.ErrnoException) => {
         if (signal.aborted) return finish({ error: `timed out after ${options.timeoutMs} ms` });
-        finish({ error: err.code === "EBLOCKED" ? `blocked address: ${err.message}` : err.message });
+        if (err.code === "EBLOCKED") return finish({ error: `blocked address: ${err.message}`, blockedDetail: (err as BlockedAddressError).detail });
+        finish({ error: err.message });
       });
       req.end(request.body);
     });

@@ -33,5 +33,9 @@ export async function deliverWebhook(query: JobHelpers["query"], deliverer: Deli
     "select app_private.record_webhook_attempt($1, $2, $3, $4, $5, $6) as outcome",
     [deliveryId, attempt, o.statusCode, o.error, o.durationMs, o.retryAfterSeconds],
   );
-  return { outcome: recorded[0]!.outcome, attempt, statusCode: o.statusCode, error: o.error, ms: Math.round(o.durationMs) };
+  // The job's result is the admins' (job_runs): the refused addresses go there, not to the owner's attempt row.
+  return {
+    outcome: recorded[0]!.outcome, attempt, statusCode: o.statusCode, error: o.error, ms: Math.round(o.durationMs),
+    ...(o.blockedDetail ? { blocked: o.blockedDetail } : {}),
+  };
 }

@@ -10,6 +10,8 @@ import ipaddr from "ipaddr.js";
 
 export class BlockedAddressError extends Error {
   override name = "BlockedAddressError";
+  /** What the name resolved to and why each address is refused: for operators, not for the endpoint's owner. */
+  detail = "";
 }
 
 type Range = [ipaddr.IPv4 | ipaddr.IPv6, number];
@@ -56,8 +58,11 @@ export function guardedLookup(policy: AddressPolicy) {
       if (err) return callback(err, []);
       const usable = addresses.filter((a) => blockedReason(a.address, policy) === null);
       if (usable.length === 0) {
-        const why = addresses.map((a) => blockedReason(a.address, policy)).join("; ");
-        return callback(Object.assign(new BlockedAddressError(`${hostname} resolves only to blocked addresses (${why})`), { code: "EBLOCKED" }), []);
+        // The message reaches the endpoint's owner (the attempt's error): it does not say what the name
+        // resolved to, or any signed-in user could map internal DNS through the worker's resolver.
+        const blocked = Object.assign(new BlockedAddressError(`${hostname} resolves only to addresses webhooks may not reach`), { code: "EBLOCKED" });
+        blocked.detail = addresses.map((a) => blockedReason(a.address, policy)).join("; ");
+        return callback(blocked, []);
       }
       if (options.all) return callback(null, usable);
       callback(null, usable[0]!.address, usable[0]!.family);

@@ -93,6 +93,12 @@ describe("the SSRF guard", () => {
     expect(connections).toBe(before);
   });
 
+  it("tells the endpoint's owner a name is blocked, not what it resolved to: that goes to the admins' job result", async () => {
+    const o = await guarded.deliver(request(`http://localhost:${port}/`));
+    expect(o.error).toBe("blocked address: localhost resolves only to addresses webhooks may not reach");
+    expect(o.blockedDetail).toMatch(/(127\.0\.0\.1|::1) is loopback/);
+  });
+
   it("delivers to loopback once WEBHOOK_ALLOWED_NETWORKS allows it, with verifiable headers", async () => {
     const allowed = createDeliverer({ allowedNetworks: ["127.0.0.0/8"], timeoutMs: 2000 });
     try {
