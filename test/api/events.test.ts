@@ -13,7 +13,7 @@ import WebSocket from "ws";
 import { HistoryWriter } from "../../src/worker/history.ts";
 import { z } from "zod";
 import { startApi, type ApiHandle } from "../../src/api/server.ts";
-import { JobEventListeners } from "../../src/api/events.ts";
+import { JobEventListeners, type EventLimits } from "../../src/api/events.ts";
 import { loadTasks, syncCatalogue } from "../../src/worker/catalogue.ts";
 import { defineTask, resolveTask } from "../../src/worker/task.ts";
 import { startPgProxy } from "../helpers/proxy.ts";
@@ -150,6 +150,19 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000) {
     if (Date.now() > until) throw new Error("timed out waiting");
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** An API that reaches Postgres through a proxy (test/helpers/proxy.ts), probing its LISTEN every second. */
+async function apiThroughProxy(limits: EventLimits = {}) {
+  const proxy = await startPgProxy(new URL(db.authUrl));
+  const api = await startApi({
+    authUrl: proxy.url(db.authUrl),
+    config: testConfig(db),
+    log: testLog,
+    health: { workerRunning: () => null },
+    eventLimits: { recheckMs: 200, probeMs: 1000, ...limits },
+  });
+  return { proxy, api };
 }
 
 /** Notifications on the events channel seen by a plain LISTEN connection (as a DBA in psql). */
@@ -465,14 +478,7 @@ describe("jobEvents", () => {
   it("finds a LISTEN connection that stopped delivering without an error: EVINT, and new subscriptions listen on a new one", async () => {
     // The API reaches Postgres through a proxy that can stop forwarding the LISTEN connection's
     // bytes, both ways, without closing anything: a network cut as the API sees it.
-    const proxy = await startPgProxy(new URL(db.authUrl));
-    const cut = await startApi({
-      authUrl: proxy.url(db.authUrl),
-      config: testConfig(db),
-      log: testLog,
-      health: { workerRunning: () => null },
-      eventLimits: { recheckMs: 200, probeMs: 1000 },
-    });
+    const { proxy, api: cut } = await apiThroughProxy();
     const ownClients = clients.length;
     try {
       const sub = await subscribe(admin.token, { keyPrefix: "cut:" }, cut);
@@ -528,14 +534,7 @@ describe("jobEvents", () => {
   });
 
   it("takes a kept LISTEN connection that was cut while idle for dead when its next LISTEN never answers", async () => {
-    const proxy = await startPgProxy(new URL(db.authUrl));
-    const cut = await startApi({
-      authUrl: proxy.url(db.authUrl),
-      config: testConfig(db),
-      log: testLog,
-      health: { workerRunning: () => null },
-      eventLimits: { recheckMs: 200, probeMs: 1000, idleReleaseMs: 60_000 },
-    });
+    const { proxy, api: cut } = await apiThroughProxy({ idleReleaseMs: 60_000 });
     const ownClients = clients.length;
     try {
       const first = await subscribe(admin.token, { keyPrefix: "idlecut:" }, cut);

@@ -28,6 +28,34 @@ const count = async (sql: string, params: unknown[] = []) => (await db.pool.quer
 const inProcessWorker = (env: Record<string, string>, tasks: ResolvedTask[] = [slowTask], log: Logger = testLog) =>
   startWorker({ ownerUrl: db.ownerUrl, config: testConfig(db, env), tasks, log, crontabFile: null });
 
+/**
+ * A task that runs for `ms` (ending early on its abort signal), registered in app_private.tasks;
+ * `running` resolves when a job of it starts.
+ */
+async function timedTask(identifier: string, ms: number) {
+  let started!: () => void;
+  const running = new Promise<void>((resolve) => (started = resolve));
+  const task = resolveTask(
+    identifier,
+    defineTask({
+      description: `runs for ${ms} ms (test)`,
+      payload: z.object({}),
+      async run(_payload, { signal }) {
+        started();
+        await new Promise((resolve, reject) => {
+          const t = setTimeout(resolve, ms);
+          signal.addEventListener("abort", () => (clearTimeout(t), reject(new Error("aborted"))), { once: true });
+        });
+      },
+    }),
+  );
+  await db.pool.query(
+    "insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ($1, 'test', 0, 1, 20000) on conflict do nothing",
+    [identifier],
+  );
+  return { task, running };
+}
+
 describe("crash recovery", () => {
   it("a SIGKILLed worker's 200 jobs all complete, the orphans within a minute of the kill, and its running history is marked abandoned", async () => {
     await db.pool.query(
@@ -259,23 +287,7 @@ describe("crash recovery", () => {
        values ('pool-predecessor', $1, $2::integer, $1 || ':' || $2::text, now() - interval '2 hours', now() - interval '1 hour', now() - interval '2 hours')`,
       [os.hostname(), process.pid],
     );
-    let started!: () => void;
-    const running = new Promise<void>((resolve) => (started = resolve));
-    const long = resolveTask(
-      "t_long",
-      defineTask({
-        description: "runs for 3 s (test)",
-        payload: z.object({}),
-        async run(_payload, { signal }) {
-          started();
-          await new Promise((resolve, reject) => {
-            const t = setTimeout(resolve, 3000);
-            signal.addEventListener("abort", () => (clearTimeout(t), reject(new Error("aborted"))), { once: true });
-          });
-        },
-      }),
-    );
-    await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_long', 'test', 0, 1, 20000) on conflict do nothing");
+    const { task: long, running } = await timedTask("t_long", 3000);
     const { rows } = await db.pool.query("select (graphile_worker.add_job('t_long', '{}')).id::text as id");
     const jobId = rows[0].id as string;
     // The first heartbeats wait (and time out) until the job has started.
@@ -304,20 +316,7 @@ describe("crash recovery", () => {
   });
 
   it("a stop whose history cannot be written keeps its heartbeat, so recovery ends the runs left running", async () => {
-    let started!: () => void;
-    const running = new Promise<void>((resolve) => (started = resolve));
-    const second = resolveTask(
-      "t_second",
-      defineTask({
-        description: "runs for 1 s (test)",
-        payload: z.object({}),
-        async run() {
-          started();
-          await new Promise((resolve) => setTimeout(resolve, 1000));
-        },
-      }),
-    );
-    await db.pool.query("insert into app_private.tasks (identifier, description, priority, max_attempts, time_limit_ms) values ('t_second', 'test', 0, 1, 20000) on conflict do nothing");
+    const { task: second, running } = await timedTask("t_second", 1000);
     const proxy = await startPgProxy(new URL(db.ownerUrl));
     const worker = await startWorker({
       ownerUrl: proxy.url(db.ownerUrl),
