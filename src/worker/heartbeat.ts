@@ -47,6 +47,7 @@ export class Heartbeat {
   async start(): Promise<void> {
     // A failed first beat is logged, not fatal: the next one comes in a few seconds.
     await this.beat().catch((err: unknown) => this.#log.warn("heartbeat failed", { err }));
+    if (this.#stopped) return; // stopped during that first beat: no timers
     const every = (ms: number, fn: () => Promise<unknown>) => {
       const t = setInterval(() => void fn().catch((err: unknown) => this.#stopped || this.#log.warn("heartbeat work failed", { err })), ms);
       t.unref();
@@ -66,7 +67,7 @@ export class Heartbeat {
 
   /** Releases the jobs of dead workers (if this process wins the lock); returns how many workers. */
   async recover(): Promise<number> {
-    if (!this.#id) return 0;
+    if (!this.#id || this.#stopped) return 0;
     const { rows } = await this.#pool.query<{ worker_id: string; label: string; released: number; abandoned: number }>(
       "select * from app_private.recover_dead_workers($1::interval, $2)",
       [`${this.#deadAfterMs} milliseconds`, this.#id],

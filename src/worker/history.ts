@@ -341,8 +341,7 @@ export class HistoryWriter {
     }
   }
 
-  /** Final flush before the pool ends: retries a few times, then reports what was lost. */
-  /** Writes what is left (five tries, about 2 s); resolves false when some of it could not be written. */
+  /** Final flush before the pool ends: writes what is left (five tries, about 2 s); resolves false when some of it could not be written. */
   async close(): Promise<boolean> {
     if (this.running.size > 0) this.abandonRunning("worker shut down while the job was running");
     let written = true;

@@ -266,12 +266,14 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   // The runner already runs and may hold fetched jobs: a start that fails from here on (its pool
   // cannot open its connections: the server is full, or failing over) stops it as a shutdown
   // would, so that its jobs are handed back, not left locked under a pool nobody recovers.
-  try {
-    await Promise.all([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
-  } catch (err) {
-    log.error("the worker could not finish starting; stopping it", { err });
+  // All settled before the stop: a heartbeat still on its first beat would otherwise write its row
+  // again after the stop removed it.
+  const started = await Promise.allSettled([wake?.start(), warmPool(pool, w.concurrency), heartbeat.start()]);
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) {
+    log.error("the worker could not finish starting; stopping it", { err: failed.reason });
     await stop();
-    throw err;
+    throw failed.reason;
   }
   log.info("worker started", {
     workerId,

@@ -287,7 +287,7 @@ describe("crash recovery", () => {
        values ('pool-predecessor', $1, $2::integer, $1 || ':' || $2::text, now() - interval '2 hours', now() - interval '1 hour', now() - interval '2 hours')`,
       [os.hostname(), process.pid],
     );
-    const { task: long, running } = await timedTask("t_long", 3000);
+    const { task: long, running } = await timedTask("t_long", 6000);
     const { rows } = await db.pool.query("select (graphile_worker.add_job('t_long', '{}')).id::text as id");
     const jobId = rows[0].id as string;
     // The first heartbeats wait (and time out) until the job has started.
@@ -305,6 +305,8 @@ describe("crash recovery", () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       expect(await count("select count(*)::int as n from app_public.worker_processes where id = 'pool-predecessor'")).toBe(0);
+      // The predecessor was recovered while the job still ran: the case in question.
+      expect(await outcome()).toBe("running");
       while ((await outcome()) === "running" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       expect(await outcome()).toBe("succeeded");
     } finally {
