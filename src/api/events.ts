@@ -302,14 +302,27 @@ class JobEventHub {
     const inner = this.#inner;
     this.#stopListening(); // ended on purpose: its pump stops without failing anyone
     void inner.return?.(undefined)?.catch(() => {});
-    // PgSubscriber UNLISTENs but keeps its connection out of the pool for good, where nothing
-    // would notice it die while idle. Once no one has subscribed for the idle time, it goes back.
-    // (A subscription that starts in the instant between the check and the release gets EVINT.)
+    this.#releaseWhenIdle();
+  }
+
+  /**
+   * PgSubscriber UNLISTENs when its last subscription ends but keeps its connection out of the pool
+   * for good, where nothing would notice it die while idle. Once no one has subscribed for the idle
+   * time, the connection is closed (not handed back: PgSubscriber's own error handler stays on it),
+   * and the next subscription listens on a new one. A subscription that starts in the instant
+   * between the check and the close gets EVINT.
+   */
+  #releaseWhenIdle(): void {
     if (this.#idleTimer) clearTimeout(this.#idleTimer);
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = null;
       if (this.#sinks.size > 0 || this.#inner || this.#starting) return;
-      (this.#source as { resetClient?: () => void }).resetClient?.();
+      const subscriber = this.#source as { listeningClient?: pg.PoolClient | null; resetClient?: () => void };
+      const client = subscriber.listeningClient;
+      if (!client || !subscriber.resetClient) return;
+      const release = client.release.bind(client);
+      client.release = () => release(true); // true: the pool closes it instead of reusing it
+      subscriber.resetClient();
     }, this.#probe.idleReleaseMs);
     this.#idleTimer.unref();
   }
@@ -341,6 +354,7 @@ class JobEventHub {
     const sinks = [...this.#sinks];
     this.#sinks.clear();
     for (const sink of sinks) sink.fail();
+    this.#releaseWhenIdle();
   }
 
   #sendProbe = () => {
@@ -361,10 +375,12 @@ class JobEventHub {
     // PgSubscriber's subscribe returns before its LISTEN has run (it may wait for a connection):
     // a probe published before then would never come back. A LISTEN still not in place after a
     // whole interval went into a connection that no longer answers (one cut while it sat idle).
-    const topics = (this.#source as { subscribedTopics?: Set<string> }).subscribedTopics;
-    if (topics && !topics.has(JOB_EVENTS_CHANNEL)) {
+    // (Only once it has a connection: one still waiting for the pool is not the connection's fault.)
+    const subscriber = this.#source as { subscribedTopics?: Set<string>; listeningClient?: object | null };
+    if (subscriber.subscribedTopics && !subscriber.subscribedTopics.has(JOB_EVENTS_CHANNEL)) {
       const waited = Date.now() - this.#listeningSince;
-      if (waited > this.#probe.everyMs) this.#takeForDead(inner, waited);
+      // The first tick comes an interval after the start: `>=` half of it, so that it judges then.
+      if (subscriber.listeningClient && waited >= this.#probe.everyMs / 2) this.#takeForDead(inner, waited);
       return;
     }
     const probe = { payload: JSON.stringify({ probe: `${this.#probeId}:${++this.#probes}` }), sentAt: null as number | null };

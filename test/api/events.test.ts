@@ -511,7 +511,8 @@ describe("jobEvents", () => {
       config: testConfig(db),
       log: testLog,
       health: { workerRunning: () => null },
-      eventLimits: { recheckMs: 200, probeMs: 1000, idleReleaseMs: 500 },
+      // No probes here: one would hold a second connection for a moment.
+      eventLimits: { recheckMs: 200, probeMs: 600_000, idleReleaseMs: 500 },
     });
     const ownClients = clients.length;
     const checkedOut = () => idle.pool.totalCount - idle.pool.idleCount;
@@ -519,7 +520,7 @@ describe("jobEvents", () => {
       const sub = await subscribe(admin.token, { keyPrefix: "idle:" }, idle);
       await db.pool.query("select app_private.add_job('t_events', '{\"fail\": false}', job_key := 'idle:during')");
       await sub.next((e) => e.jobKey === "idle:during");
-      expect(checkedOut()).toBe(1); // the LISTEN connection
+      await waitFor(async () => checkedOut() === 1); // the LISTEN connection
       sub.stop();
       await waitFor(async () => checkedOut() === 0, 5000);
       const again = await subscribe(admin.token, { keyPrefix: "idle:" }, idle);
