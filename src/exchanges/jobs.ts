@@ -50,7 +50,13 @@ export async function sendReminders(query: Query, job: Job, id: number, days: nu
   if (e.late_ms > REMINDER_GRACE_MS) {
     return skipped(`picked up ${Math.round(e.late_ms / 60_000)} minutes after its time (grace: 60): not sent`);
   }
-  if (e.early) return notYetDue(query, job, e.due_at, `the ${days}-day reminder of exchange ${id}`);
+  if (e.early) {
+    return notYetDue(query, job, {
+      sql: `select r.at from app_public.exchanges e, app_public.exchange_reminder_at(e.exchange_date, e.timezone, $2) r (at)
+            where e.id = $1 and e.state = 'MATCHED' and $2 = any (e.reminder_days) and r.at > now() + interval '60 seconds' for share of e`,
+      params: [id, days],
+    }, `the ${days}-day reminder of exchange ${id}`);
+  }
   const { rows: q } = await query<{ queued: number }>("select app_private.queue_exchange_reminders($1, $2) as queued", [id, days]);
   return { queued: q[0]!.queued };
 }
@@ -62,35 +68,40 @@ export async function completeExchange(query: Query, job: Job, id: number) {
     [id],
   );
   if (rows[0]) return { completedAt: rows[0].completed_at.toISOString() };
-  const { rows: now } = await query<{ state: string; exchange_date: Date }>("select state, exchange_date from app_public.exchanges where id = $1", [id]);
+  const { rows: now } = await query<{ state: string }>("select state from app_public.exchanges where id = $1", [id]);
   if (!now[0]) return skipped(`exchange ${id} no longer exists`);
   if (now[0].state !== "MATCHED") return skipped(`exchange ${id} is ${now[0].state}`);
-  return notYetDue(query, job, now[0].exchange_date, `the completion of exchange ${id}`);
+  return notYetDue(
+    query,
+    job,
+    { sql: "select exchange_date from app_public.exchanges where id = $1 and state = 'MATCHED' and exchange_date > now() for share", params: [id] },
+    `the completion of exchange ${id}`,
+  );
 }
 
-/** When a completed exchange's purge warning (23 days) or purge (30 days) that has not happened is due; null when none is coming. */
-async function purgeStepDue(query: Query, id: number, step: "warning" | "purge"): Promise<Date | null> {
-  const { rows } = await query<{ due: Date | null }>(
-    `select d.due from app_public.exchanges e,
-       lateral (select e.completed_at + case $2 when 'warning' then interval '23 days' else interval '30 days' end as due) d
-     where e.id = $1 and e.state = 'COMPLETED' and ($2 = 'purge' or e.purge_warning_sent_at is null) and d.due > now()`,
-    [id, step],
-  );
-  return rows[0]?.due ?? null;
-}
+/** A completed exchange's purge warning (23 days after completion, once) or purge (30 days), while it is still to come. */
+const purgeStep = (id: number, step: "warning" | "purge") => ({
+  sql: `select d.due from app_public.exchanges e,
+          lateral (select e.completed_at + case $2 when 'warning' then interval '23 days' else interval '30 days' end as due) d
+        where e.id = $1 and e.state = 'COMPLETED' and ($2 = 'purge' or e.purge_warning_sent_at is null) and d.due > now() for share of e`,
+  params: [id, step],
+});
 
 export async function sendPurgeWarning(query: Query, job: Job, id: number) {
-  const { rows } = await query<{ warned: boolean }>("select app_private.send_exchange_purge_warning($1) as warned", [id]);
+  const { rows } = await query<{ warned: boolean; coming: boolean }>(
+    `select app_private.send_exchange_purge_warning($1) as warned,
+            exists (select 1 from app_public.exchanges e where e.id = $1 and e.state = 'COMPLETED' and e.purge_warning_sent_at is null) as coming`,
+    [id],
+  );
   if (rows[0]!.warned) return { warned: true };
-  const due = await purgeStepDue(query, id, "warning");
-  if (due) return notYetDue(query, job, due, `the purge warning of exchange ${id}`);
+  if (rows[0]!.coming) return notYetDue(query, job, purgeStep(id, "warning"), `the purge warning of exchange ${id}`);
   return skipped(`exchange ${id}: no warning due (already sent, reopened or gone)`);
 }
 
 export async function purgeExchange(query: Query, job: Job, id: number) {
   const { rows } = await query<{ purged: boolean }>("select app_private.purge_exchange($1) as purged", [id]);
   if (rows[0]!.purged) return { purged: true };
-  const due = await purgeStepDue(query, id, "purge");
-  if (due) return notYetDue(query, job, due, `the purge of exchange ${id}`);
+  const { rows: now } = await query<{ state: string }>("select state from app_public.exchanges where id = $1", [id]);
+  if (now[0]?.state === "COMPLETED") return notYetDue(query, job, purgeStep(id, "purge"), `the purge of exchange ${id}`);
   return skipped(`exchange ${id} is not eligible for purging (reopened, younger or gone)`);
 }

@@ -19,5 +19,10 @@ export async function expireOffer(query: JobHelpers["query"], job: Job, id: numb
   if (!now[0]) return skipped(`offer ${id} no longer exists`);
   if (now[0].status !== "SENT") return skipped(`offer ${id} is ${now[0].status}`);
   if (now[0].expires_at === null) return skipped(`offer ${id} has no expiry`);
-  return notYetDue(query, job, now[0].expires_at, `offer ${id}`);
+  return notYetDue(
+    query,
+    job,
+    { sql: "select expires_at from app_public.offers where id = $1 and status = 'SENT' and expires_at > now() for share", params: [id] },
+    `offer ${id}`,
+  );
 }

@@ -66,16 +66,21 @@ export function isSkipped(value: unknown): value is Skipped {
 
 /**
  * For a job that runs before the time its record sets (an admin's retryJob or rescheduleJob on a
- * job that was only scheduled): puts it back, with its own key and payload, at `dueAt`, and returns
- * the skip that records it. A job without a key (added by hand) is not put back; the sweeps remain
- * its safety net.
+ * job that was only scheduled): puts it back, with its own key and payload, at the record's time,
+ * and returns the skip that records it. `due` selects that time only while the job still applies
+ * and is not yet due, locking the record's row (FOR SHARE), in the statement that puts the job
+ * back: a change to the record either came first and is seen, or waits, and then its trigger's new
+ * time wins. A job without a key (added by hand) is not put back; the sweeps remain its safety net.
  */
-export async function notYetDue(query: JobHelpers["query"], job: Job, dueAt: Date, what: string): Promise<Skipped> {
-  if (job.key === null) return skipped(`${what} is not due until ${dueAt.toISOString()}`);
-  await query("select app_private.schedule_jobs($1, array[$2::json], array[$3::timestamptz], array[$4::text])", [
-    job.task_identifier, JSON.stringify(job.payload), dueAt.toISOString(), job.key,
-  ]);
-  return skipped(`${what} is not due until ${dueAt.toISOString()}: put back until then`);
+export async function notYetDue(query: JobHelpers["query"], job: Job, due: { sql: string; params: unknown[] }, what: string): Promise<Skipped> {
+  if (job.key === null) return skipped(`${what} is not due yet`);
+  const n = due.params.length;
+  const { rows } = await query<{ due: Date }>(
+    `select d.due, app_private.schedule_jobs($${n + 1}, array[$${n + 2}::json], array[d.due], array[$${n + 3}::text]) from (${due.sql}) d (due)`,
+    [...due.params, job.task_identifier, JSON.stringify(job.payload), job.key],
+  );
+  if (!rows[0]) return skipped(`${what} changed as it was read: not put back`);
+  return skipped(`${what} is not due until ${rows[0].due.toISOString()}: put back until then`);
 }
 
 /** What a task may return: recorded in job_runs.result. */
