@@ -8,7 +8,7 @@ import path from "node:path";
 import { GraphQLError } from "postgraphile/graphql";
 import { isSafeError } from "postgraphile/grafast";
 import type { Logger } from "../log.ts";
-import { isConnectionLoss, isConnectTimeout } from "../db/pool.ts";
+import { isUnavailable } from "../db/pool.ts";
 
 export const ERROR_CODES_FILE = path.resolve(import.meta.dirname, "../../migrations/ERROR_CODES.md");
 
@@ -73,7 +73,7 @@ export function makeMaskError(codes: ReadonlySet<string>, log: Logger): (error: 
     }
     // The database unreachable (down, restarting, a network cut) or every connection busy past the
     // pool's wait: nothing the request did, and worth trying again.
-    if (isConnectionLoss(original) || isConnectTimeout(original)) {
+    if (isUnavailable(original)) {
       log.warn("a GraphQL request could not reach the database", { path: error.path?.join("."), err: original });
       return rebuilt(error, UNAVAILABLE.message, { code: UNAVAILABLE.code });
     }

@@ -24,7 +24,7 @@ import { hostname } from "node:os";
 import type pg from "pg";
 import { context, lambda, listen, type GrafastSubscriber } from "postgraphile/grafast";
 import type { Logger } from "../log.ts";
-import { withTransactionClient } from "../db/pool.ts";
+import { queryWithTimeout } from "../db/pool.ts";
 import { extendSchema, gql } from "postgraphile/utils";
 import { requireAdmin } from "./auth.ts";
 import { CodedError } from "./trigger.ts";
@@ -152,12 +152,8 @@ export class JobEventListeners {
   }
 
   /** One statement in a transaction of its own, under the timeout. */
-  #run(text: string, values: unknown[]): Promise<void> {
-    return withTransactionClient(this.#pool, async (client) => {
-      await client.query(`begin; set local statement_timeout = ${Math.round(this.#timeoutMs)}`);
-      await client.query(text, values);
-      await client.query("commit");
-    });
+  async #run(text: string, values: unknown[]): Promise<void> {
+    await queryWithTimeout(this.#pool, text, Math.round(this.#timeoutMs), values);
   }
 
   async #touch() {
@@ -254,6 +250,19 @@ interface Sink {
  * come back, the connection is taken for dead: it is destroyed (PgSubscriber then replaces it
  * for later subscriptions) and every subscription ends with EVINT.
  */
+/**
+ * What the hub reads of @dataplan/pg's PgSubscriber beyond GrafastSubscriber: public properties of
+ * the 1.x class as pinned, undocumented (the proxy tests fail if an upgrade renames them).
+ */
+interface PgSubscriberInternals {
+  /** The topics its LISTEN is in place for. */
+  subscribedTopics?: Set<string>;
+  /** The connection it listens on, once it has one. */
+  listeningClient?: (pg.PoolClient & { connection?: { stream?: { destroy(err?: Error): void } } }) | null;
+  /** Lets its connection go (released to the pool) and listens on a new one when next asked. */
+  resetClient?: () => void;
+}
+
 class JobEventHub {
   static #hubs = new WeakMap<object, JobEventHub>();
   /** The hub of a subscriber (one per PostGraphile service). */
@@ -281,6 +290,10 @@ class JobEventHub {
   constructor(source: GrafastSubscriber, probe: ProbeOptions) {
     this.#source = source;
     this.#probe = probe;
+  }
+
+  get #subscriber(): PgSubscriberInternals {
+    return this.#source as PgSubscriberInternals;
   }
 
   /** Adds a sink, listening first if no one is; throws if the listening fails. */
@@ -317,7 +330,7 @@ class JobEventHub {
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = null;
       if (this.#sinks.size > 0 || this.#inner || this.#starting) return;
-      const subscriber = this.#source as { listeningClient?: pg.PoolClient | null; resetClient?: () => void };
+      const subscriber = this.#subscriber;
       const client = subscriber.listeningClient;
       if (!client || !subscriber.resetClient) return;
       const release = client.release.bind(client);
@@ -376,7 +389,7 @@ class JobEventHub {
     // a probe published before then would never come back. A LISTEN still not in place after a
     // whole interval went into a connection that no longer answers (one cut while it sat idle).
     // (Only once it has a connection: one still waiting for the pool is not the connection's fault.)
-    const subscriber = this.#source as { subscribedTopics?: Set<string>; listeningClient?: object | null };
+    const subscriber = this.#subscriber;
     if (subscriber.subscribedTopics && !subscriber.subscribedTopics.has(JOB_EVENTS_CHANNEL)) {
       const waited = Date.now() - this.#listeningSince;
       // The first tick comes an interval after the start: `>=` half of it, so that it judges then.
@@ -406,8 +419,7 @@ class JobEventHub {
     void inner.return?.(undefined)?.catch(() => {});
     // PgSubscriber keeps the connection (it has seen no error): destroy it, so that it lets it go
     // and listens on a new one for the next subscription.
-    const listening = (this.#source as { listeningClient?: { connection?: { stream?: { destroy(err?: Error): void } } } | null }).listeningClient;
-    listening?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
+    this.#subscriber.listeningClient?.connection?.stream?.destroy(new Error("the job events LISTEN connection stopped delivering notifications"));
   }
 
   async #pump(inner: AsyncIterator<unknown>): Promise<void> {

@@ -14,7 +14,7 @@ import type pg from "pg";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { sessionOf } from "./auth.ts";
-import { isConnectionLoss, isConnectTimeout, withTransactionClient } from "../db/pool.ts";
+import { isUnavailable, withTransactionClient } from "../db/pool.ts";
 import { STANDARD_ERRORS, UNAVAILABLE, unexpected } from "./errors.ts";
 
 class TooLarge extends Error {}
@@ -118,7 +118,7 @@ export function uploadHandler(pool: pg.Pool, config: Pick<Config, "uploads" | "r
       // The session expired or was signed out while the file was arriving (record_upload's UPPRM).
       if (code === "UPPRM") return fail(res, 401, "UNAUTHENTICATED", "Sign in to upload.");
       if (code === "57014") return fail(res, 503, STANDARD_ERRORS["57014"]!.code, STANDARD_ERRORS["57014"]!.message);
-      if (isConnectionLoss(err) || isConnectTimeout(err)) {
+      if (isUnavailable(err)) {
         log.warn("an upload could not reach the database; nothing kept", { err });
         return fail(res, 503, UNAVAILABLE.code, UNAVAILABLE.message);
       }

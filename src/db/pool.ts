@@ -56,9 +56,14 @@ export function isConnectionLoss(err: unknown): boolean {
  * gave up waiting for a new connection is a connection loss ("Connection terminated due to
  * connection timeout").
  */
-export function isConnectTimeout(err: unknown): boolean {
+function isConnectTimeout(err: unknown): boolean {
   // pg-pool's own message (no code).
   return err instanceof Error && /^timeout exceeded when trying to connect/i.test(err.message);
+}
+
+/** The database out of reach for a request: its connection lost, or no connection to be had in time. */
+export function isUnavailable(err: unknown): boolean {
+  return isConnectionLoss(err) || isConnectTimeout(err);
 }
 
 /**
@@ -80,15 +85,22 @@ export async function withTransactionClient<T>(pool: pg.Pool, fn: (client: pg.Po
 }
 
 /**
- * One statement without parameters under a statement_timeout of its own, in one round trip (the
- * transaction's statements go as one simple-protocol message; a failure stops it inside the
- * transaction, which withTransactionClient rolls back): the rows it returned.
+ * One statement in a transaction of its own under a statement_timeout of its own: the rows it
+ * returned. Without parameters it takes one round trip (the transaction's statements go as one
+ * simple-protocol message; a failure stops it inside the transaction, which withTransactionClient
+ * rolls back); with them, three.
  */
-export function queryWithTimeout<R extends Record<string, unknown>>(pool: pg.Pool, sql: string, timeoutMs: number): Promise<R[]> {
+export function queryWithTimeout<R extends Record<string, unknown>>(pool: pg.Pool, sql: string, timeoutMs: number, values?: unknown[]): Promise<R[]> {
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new RangeError(`not a statement timeout: ${timeoutMs}`);
   return withTransactionClient(pool, async (client) => {
-    const results = (await client.query(`begin; set local statement_timeout = ${timeoutMs}; ${sql}; commit`)) as unknown as pg.QueryResult<R>[];
-    return results[2]!.rows;
+    if (values === undefined) {
+      const results = (await client.query(`begin; set local statement_timeout = ${timeoutMs}; ${sql}; commit`)) as unknown as pg.QueryResult<R>[];
+      return results[2]!.rows;
+    }
+    await client.query(`begin; set local statement_timeout = ${timeoutMs}`);
+    const { rows } = await client.query<R>(sql, values);
+    await client.query("commit");
+    return rows;
   });
 }
 
