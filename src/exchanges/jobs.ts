@@ -9,6 +9,8 @@ type Query = JobHelpers["query"];
 
 /** A reminder picked up later than this after its time is not sent (the source system's misfire grace). */
 export const REMINDER_GRACE_MS = 60 * 60 * 1000;
+/** A reminder picked up more than this before its time is early (SQL): it is put back, not sent. */
+const REMINDER_EARLY = "interval '60 seconds'";
 
 export async function matchExchange(query: Query, id: number, random?: () => number) {
   const { rows: ex } = await query<{ state: string }>("select state from app_public.exchanges where id = $1", [id]);
@@ -38,7 +40,7 @@ export async function matchExchange(query: Query, id: number, random?: () => num
 export async function sendReminders(query: Query, job: Job, id: number, days: number): Promise<{ queued: number } | Skipped> {
   // On the database's clock, as the job's run_at is.
   const { rows } = await query<{ state: string; still: boolean; due_at: Date; early: boolean; late_ms: number }>(
-    `select e.state, $2 = any (e.reminder_days) as still, r.at as due_at, r.at > now() + interval '60 seconds' as early,
+    `select e.state, $2 = any (e.reminder_days) as still, r.at as due_at, r.at > now() + ${REMINDER_EARLY} as early,
             extract(epoch from now() - $3::timestamptz) * 1000 as late_ms
      from app_public.exchanges e, app_public.exchange_reminder_at(e.exchange_date, e.timezone, $2) r (at) where e.id = $1`,
     [id, days, job.run_at],
@@ -53,7 +55,7 @@ export async function sendReminders(query: Query, job: Job, id: number, days: nu
   if (e.early) {
     return notYetDue(query, job, {
       sql: `select r.at from app_public.exchanges e, app_public.exchange_reminder_at(e.exchange_date, e.timezone, $2) r (at)
-            where e.id = $1 and e.state = 'MATCHED' and $2 = any (e.reminder_days) and r.at > now() + interval '60 seconds' for share of e`,
+            where e.id = $1 and e.state = 'MATCHED' and $2 = any (e.reminder_days) and r.at > now() + ${REMINDER_EARLY} for share of e`,
       params: [id, days],
     }, `the ${days}-day reminder of exchange ${id}`);
   }
@@ -87,21 +89,15 @@ const purgeStep = (id: number, step: "warning" | "purge") => ({
   params: [id, step],
 });
 
+// Not done: either not yet due (put back by notYetDue) or no longer coming (purgeStep selects nothing).
 export async function sendPurgeWarning(query: Query, job: Job, id: number) {
-  const { rows } = await query<{ warned: boolean; coming: boolean }>(
-    `select app_private.send_exchange_purge_warning($1) as warned,
-            exists (select 1 from app_public.exchanges e where e.id = $1 and e.state = 'COMPLETED' and e.purge_warning_sent_at is null) as coming`,
-    [id],
-  );
+  const { rows } = await query<{ warned: boolean }>("select app_private.send_exchange_purge_warning($1) as warned", [id]);
   if (rows[0]!.warned) return { warned: true };
-  if (rows[0]!.coming) return notYetDue(query, job, purgeStep(id, "warning"), `the purge warning of exchange ${id}`);
-  return skipped(`exchange ${id}: no warning due (already sent, reopened or gone)`);
+  return notYetDue(query, job, purgeStep(id, "warning"), `the purge warning of exchange ${id}`, `exchange ${id}: no warning due (already sent, reopened or gone)`);
 }
 
 export async function purgeExchange(query: Query, job: Job, id: number) {
   const { rows } = await query<{ purged: boolean }>("select app_private.purge_exchange($1) as purged", [id]);
   if (rows[0]!.purged) return { purged: true };
-  const { rows: now } = await query<{ state: string }>("select state from app_public.exchanges where id = $1", [id]);
-  if (now[0]?.state === "COMPLETED") return notYetDue(query, job, purgeStep(id, "purge"), `the purge of exchange ${id}`);
-  return skipped(`exchange ${id} is not eligible for purging (reopened, younger or gone)`);
+  return notYetDue(query, job, purgeStep(id, "purge"), `the purge of exchange ${id}`, `exchange ${id} is not eligible for purging (reopened, younger or gone)`);
 }

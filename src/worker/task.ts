@@ -72,14 +72,21 @@ export function isSkipped(value: unknown): value is Skipped {
  * back: a change to the record either came first and is seen, or waits, and then its trigger's new
  * time wins. A job without a key (added by hand) is not put back; the sweeps remain its safety net.
  */
-export async function notYetDue(query: JobHelpers["query"], job: Job, due: { sql: string; params: unknown[] }, what: string): Promise<Skipped> {
+export async function notYetDue(
+  query: JobHelpers["query"],
+  job: Job,
+  due: { sql: string; params: unknown[] },
+  what: string,
+  /** The skip's reason when `due` selects nothing (the job no longer applies). */
+  otherwise = `${what} changed as it was read: not put back`,
+): Promise<Skipped> {
   if (job.key === null) return skipped(`${what} is not due yet`);
   const n = due.params.length;
   const { rows } = await query<{ due: Date }>(
     `select d.due, app_private.schedule_jobs($${n + 1}, array[$${n + 2}::json], array[d.due], array[$${n + 3}::text]) from (${due.sql}) d (due)`,
     [...due.params, job.task_identifier, JSON.stringify(job.payload), job.key],
   );
-  if (!rows[0]) return skipped(`${what} changed as it was read: not put back`);
+  if (!rows[0]) return skipped(otherwise);
   return skipped(`${what} is not due until ${rows[0].due.toISOString()}: put back until then`);
 }
 
